@@ -1,0 +1,42 @@
+# Two entry points for a fresh machine (Python + pip only):
+#   make demo   set up, build a real example outputs/ tree, scan, convert, validate, catalog it
+#   make test   set up and run the test suite (the same command CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+CKPT    = $(VENV)/bin/ckptctl
+DEMO   ?= demo-outputs
+
+.PHONY: setup demo test lint bench schema docs clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	rm -rf $(DEMO)
+	$(PY) examples/build_example_tree.py $(DEMO)
+	$(CKPT) scan $(DEMO)
+	$(CKPT) convert --outputs-dir $(DEMO)
+	$(CKPT) validate --strict --deep $(DEMO)
+	$(CKPT) catalog $(DEMO) --best val/hmean
+
+test: setup
+	$(PY) -m ruff check ckptctl tests benchmarks examples
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+schema: setup
+	$(PY) -m ckptctl.schema > schemas/sidecar-1.0.schema.json
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache
+
+docs: setup
+	$(PY) -m ckptctl.cli.docs README.md

@@ -1,0 +1,57 @@
+"""The ``ckptctl`` command line: a thin click layer over ``ckptctl.ops``.
+
+Commands live one per module and are imported only when invoked, so ``ckptctl --help``
+and the light commands never pay for (or import) numpy-heavy code, torch or tensorflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from .. import __version__
+
+#: command name -> (module, one-line help shown by ``ckptctl --help``)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": ("ckptctl.cli.scan", "Find checkpoints and say what they are and whether they are converted."),
+    "convert": ("ckptctl.cli.convert", "Write <stem>.weights.h5 and <stem>.metadata.yaml next to checkpoints."),
+    "validate": ("ckptctl.cli.validate", "Check sidecars against the schema and the files they describe."),
+    "catalog": ("ckptctl.cli.catalog", "Table of experiments and their best checkpoints, from sidecars alone."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[cmd_name][0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in COMMANDS.items()])
+
+
+@click.group("ckptctl", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ckptctl")
+def cli() -> None:
+    """Scan, convert, validate and catalog ML checkpoints, safely.
+
+    Reading a checkpoint never runs code from it. Typical use:
+
+    \b
+      ckptctl scan outputs/
+      ckptctl convert --outputs-dir outputs/
+      ckptctl validate --strict outputs/
+      ckptctl catalog outputs/ --best val/hmean
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv, prog_name="ckptctl")

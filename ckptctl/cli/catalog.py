@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .output import FORMATS_ALL, emit_csv, emit_json, emit_table, fmt_number, message
+
+_FIELD_KEYS = ("exp_name", "epoch", "step", "global_step", "created_at", "path", "checkpoint_path")
+
+
+@click.command("catalog")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--best", "best", metavar="METRIC",
+              help="One row per experiment: its best checkpoint by METRIC, best experiment first.")
+@click.option("--mode", type=click.Choice(["min", "max"]),
+              help="Whether lower or higher METRIC is better, when no sidecar says so.")
+@click.option("--sort", "sort_key", metavar="KEY",
+              help="Sort rows by KEY (exp_name, epoch, step, created_at, path or a metric); "
+                   "prefix with - for descending.")
+@click.option("--format", "fmt", type=FORMATS_ALL, default="table", show_default=True,
+              help="Output format; json prints the sidecar documents with sidecar_path added.")
+@click.option("--no-recursive", is_flag=True, help="Only look at the given folders, not below.")
+@click.option("--no-cache", is_flag=True, help="Parse every sidecar; do not use the catalog cache.")
+def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_key: str | None,
+            fmt: str, no_recursive: bool, no_cache: bool) -> None:
+    """List checkpoints under PATHS (default: .) from their sidecars alone.
+
+    Never opens a checkpoint. With --best METRIC the mode is the sidecar's own
+    checkpointing.mode when it monitored METRIC, else --mode, else min for names with
+    loss/error/err and max otherwise; checkpoints without METRIC are left out.
+    """
+    from ..errors import CkptError
+    from ..ops.catalog import all_metric_names, catalog, default_cache_dir
+
+    try:
+        result = catalog(paths or (Path("."),), best=best, mode=mode, sort=None,
+                         recursive=not no_recursive, cache_dir=None if no_cache else default_cache_dir())
+    except CkptError as exc:
+        raise click.ClickException(exc.message) from None
+    if sort_key:
+        known = set(_FIELD_KEYS) | set(all_metric_names(result.entries))
+        if sort_key.lstrip("-").removeprefix("metrics.") not in known:
+            raise click.ClickException(
+                f"unknown sort key {sort_key.lstrip('-')!r}; use one of: " + ", ".join(sorted(known)))
+        from ..ops.catalog import sort_entries
+
+        result.entries = sort_entries(result.entries, sort_key)
+    for warning in result.warnings:
+        message(f"warning: {warning}")
+    if result.left_out:
+        message(f"note: {result.left_out} checkpoints without {best} were left out")
+    entries = result.entries
+    if fmt == "json":
+        emit_json([e.as_json() for e in entries])
+        return
+    if best:
+        columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", f"{best} ({result.mode})"]
+        rows = [[e.doc.get("exp_name"), e.checkpoint, e.field("epoch"), e.field("step"),
+                 fmt_number(e.metrics.get(best))] for e in entries]
+    else:
+        columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", "MONITOR", "SCORE"]
+        rows = []
+        for e in entries:
+            ckpt = e.doc.get("checkpointing") or {}
+            monitor = ckpt.get("monitor")
+            score = ckpt.get("score", e.metrics.get(monitor) if monitor else None)
+            rows.append([e.doc.get("exp_name"), e.checkpoint, e.field("epoch"), e.field("step"),
+                         monitor, fmt_number(score)])
+    if fmt == "csv":
+        metric_names = all_metric_names(entries)
+        emit_csv(["exp_name", "checkpoint", "epoch", "global_step", "monitor", "mode", *metric_names],
+                 [[e.doc.get("exp_name"), e.checkpoint, e.field("epoch"), e.field("step"),
+                   (e.doc.get("checkpointing") or {}).get("monitor"),
+                   (e.doc.get("checkpointing") or {}).get("mode"),
+                   *[e.metrics.get(m) for m in metric_names]] for e in entries])
+        return
+    emit_table(columns, rows)
+    message(f"{len(entries)} rows" + (f" (best by {best}, {result.mode})" if best else ""))

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .output import message, problem
+
+
+@click.command("convert")
+@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Convert one checkpoint file.")
+@click.option("--exp-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Convert every checkpoint of one experiment folder.")
+@click.option("--outputs-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Convert every checkpoint below an outputs folder (one experiment per subfolder).")
+@click.option("--force", is_flag=True, help="Reconvert even when the outputs are up to date.")
+@click.option("--dry-run", is_flag=True, help="Say what would be converted; write nothing.")
+@click.option("--no-recursive", is_flag=True, help="Only look at the given folder, not below.")
+@click.option("--metadata-only", is_flag=True, help="Write sidecars only, no weights files.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
+def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None, force: bool,
+            dry_run: bool, no_recursive: bool, metadata_only: bool, verbose: bool) -> None:
+    """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
+
+    Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
+    metadata from the checkpoint, its callback state, Hydra config, logger files and file
+    name. Sources are never modified. Up-to-date outputs are skipped. Exits 0 when nothing
+    failed, 1 when any checkpoint failed (the others are still converted), 2 on usage errors.
+    """
+    chosen = [o for o in (checkpoint, exp_dir, outputs_dir) if o is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --checkpoint, --exp-dir or --outputs-dir")
+    from ..ops.convert import (
+        ConvertOptions,
+        convert,
+        targets_for_checkpoint,
+        targets_for_exp_dir,
+        targets_for_outputs_dir,
+    )
+
+    recursive = not no_recursive
+    if checkpoint is not None:
+        targets, warnings = targets_for_checkpoint(checkpoint)
+    elif exp_dir is not None:
+        targets, warnings = targets_for_exp_dir(exp_dir, recursive)
+    else:
+        assert outputs_dir is not None
+        targets, warnings = targets_for_outputs_dir(outputs_dir, recursive)
+    for warning in warnings:
+        message(f"warning: {warning}")
+    options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
+                             recursive=recursive, verbose=verbose)
+
+    def report_item(item) -> None:  # type: ignore[no-untyped-def]
+        if item.status == "failed":
+            problem(item.source, item.reason or "failed")
+            if verbose and item.detail:
+                message(item.detail.rstrip())
+        elif item.status == "skipped":
+            if verbose:
+                click.echo(f"skipped        {item.source} ({item.reason})")
+        else:
+            click.echo(f"{item.status:<14} {item.source}")
+
+    if sys.stderr.isatty() and len(targets) > 1 and not dry_run:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("converting", total=len(targets))
+
+            def advance(item) -> None:  # type: ignore[no-untyped-def]
+                report_item(item)
+                progress.advance(task)
+
+            report = convert(targets, options, advance)
+    else:
+        report = convert(targets, options, report_item)
+    summary = (f"found {len(report.items)}, "
+               + ("would convert" if dry_run else "converted") + f" {report.count('would convert') if dry_run else report.count('converted')}, "
+               f"skipped {report.count('skipped')}, failed {report.count('failed')}")
+    message(summary)
+    if report.failed:
+        raise SystemExit(1)

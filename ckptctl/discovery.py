@@ -1,0 +1,129 @@
+"""Finding checkpoints: walk folders safely and recognise files by content, not extension."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .formats.torch_formats import sniff_torch, torch_zip_prefix
+
+WEIGHTS_SUFFIX = ".weights.h5"
+SIDECAR_SUFFIX = ".metadata.yaml"
+#: Temporary outputs carry this marker; every command ignores them.
+TEMP_MARKER = ".ckptctl-tmp"
+#: Extensions that promise a torch checkpoint: such a file that is not one is *reported*.
+SOURCE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
+_SKIP_DIRS = frozenset({".git", "__pycache__", ".hydra", "wandb", ".ipynb_checkpoints"})
+
+
+@dataclass
+class FoundCheckpoint:
+    path: Path
+    format: str | None
+    #: why a file that looks like a checkpoint cannot be read (None when it looks fine)
+    problem: str | None = None
+
+
+@dataclass
+class Discovery:
+    checkpoints: list[FoundCheckpoint] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def stem_of(path: Path) -> str:
+    name = path.name
+    for ext in SOURCE_EXTENSIONS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def outputs_for(source: Path, output_root: Path | None = None, source_root: Path | None = None) -> tuple[Path, Path]:
+    """(weights path, sidecar path) for a source checkpoint: next to it, by default."""
+    folder = source.parent
+    if output_root is not None and source_root is not None:
+        folder = output_root / source.parent.relative_to(source_root)
+    stem = stem_of(source)
+    return folder / f"{stem}{WEIGHTS_SUFFIX}", folder / f"{stem}{SIDECAR_SUFFIX}"
+
+
+def is_output_or_temp(name: str) -> bool:
+    return name.endswith((WEIGHTS_SUFFIX, SIDECAR_SUFFIX)) or TEMP_MARKER in name
+
+
+def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> Iterator[Path]:
+    """Files below ``roots``; follows directory symlinks once (loops are cut), skips VCS dirs."""
+    visited: set[tuple[int, int]] = set()
+    for root in roots:
+        if root.is_file():
+            yield root
+            continue
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = folder.stat()
+            except OSError as exc:
+                warnings.append(f"{folder}: cannot read folder ({exc.strerror})")
+                continue
+            ident = (info.st_dev, info.st_ino)
+            if ident in visited:
+                continue  # a symlink loop or a second path to the same folder
+            visited.add(ident)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                warnings.append(f"{folder}: cannot read folder ({exc.strerror})")
+                continue
+            subdirs = []
+            for entry in entries:
+                try:
+                    if entry.is_dir():
+                        if recursive and entry.name not in _SKIP_DIRS:
+                            subdirs.append(Path(entry.path))
+                    elif entry.is_file():
+                        yield Path(entry.path)
+                except OSError:
+                    continue
+            stack.extend(reversed(subdirs))
+
+
+def classify(path: Path) -> FoundCheckpoint | None:
+    """What ``path`` is: a torch checkpoint, a broken would-be checkpoint, or nothing (None)."""
+    name = path.name
+    if is_output_or_temp(name):
+        return None
+    promised = name.endswith(SOURCE_EXTENSIONS)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(32)
+    except OSError as exc:
+        return FoundCheckpoint(path, None, f"cannot read ({exc.strerror})") if promised else None
+    kind = sniff_torch(head)
+    if kind == "torch-legacy":
+        return FoundCheckpoint(path, "torch-legacy")
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if torch_zip_prefix(archive.namelist()) is not None:
+                    return FoundCheckpoint(path, "torch-zip")
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return FoundCheckpoint(path, "torch-zip", "damaged zip archive (truncated?)") if promised else None
+        return FoundCheckpoint(path, None, "zip archive without torch data") if promised else None
+    if not promised:
+        return None
+    if not head:
+        return FoundCheckpoint(path, None, "empty file")
+    return FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
+
+
+def discover(roots: Iterable[Path], recursive: bool = True) -> Discovery:
+    result = Discovery()
+    for path in iter_files(roots, recursive, result.warnings):
+        found = classify(path)
+        if found is not None:
+            result.checkpoints.append(found)
+    return result

@@ -1,0 +1,143 @@
+"""The ``ckptctl-tensors`` HDF5 layout: a named, bit-exact tensor mapping (README: "Weights layout").
+
+    /                      attrs: layout="ckptctl-tensors", layout_version="1.0",
+                                  tensor_count, source_format, writer="ckptctl <version>"
+    /tensors/<escaped name>  one dataset per tensor, in the source's order; attr "dtype"
+                             names the real dtype (e.g. "bfloat16"). Dtypes HDF5 lacks are
+                             stored as their raw bits (uint16 for bfloat16, uint8 for float8).
+    Tied tensors (same storage, same view) are one dataset reached through two hard links.
+
+Names are escaped so any string is one HDF5 link name: "%" -> "%25", "/" -> "%2F", "." -> "%2E".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import CkptError
+from .tensor import BIT_CAST_DTYPES, LOGICAL_NUMPY, STORAGE_NUMPY
+
+LAYOUT = "ckptctl-tensors"
+LAYOUT_VERSION = "1.0"
+
+
+def escape_name(name: str) -> str:
+    escaped = name.replace("%", "%25").replace("/", "%2F")
+    return "%2E" if escaped == "." else (escaped or "%00")
+
+
+def unescape_name(link: str) -> str:
+    if link == "%00":
+        return ""
+    return link.replace("%2E", ".").replace("%2F", "/").replace("%25", "%")
+
+
+@dataclass(frozen=True)
+class TensorToWrite:
+    """One named tensor for the writer; ``load`` returns its values (``STORAGE_NUMPY`` dtype)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    tie_key: Hashable | None
+    load: Callable[[], np.ndarray]
+
+
+@dataclass
+class WriteSummary:
+    tensor_count: int
+    parameter_count: int
+    stored_bytes: int
+    largest_tensor_bytes: int
+
+
+def write_tensors(
+    dest: Path, tensors: Iterable[TensorToWrite], root_attrs: dict[str, Any]
+) -> WriteSummary:
+    """Write ``tensors`` to ``dest`` (a new file). Ties are stored once as hard links."""
+    summary = WriteSummary(0, 0, 0, 0)
+    with h5py.File(dest, "w", libver="latest") as f:
+        f.attrs["layout"] = LAYOUT
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        for key, value in root_attrs.items():
+            f.attrs[key] = value
+        group = f.create_group("tensors", track_order=True)
+        first_link: dict[Hashable, str] = {}
+        for tensor in tensors:
+            link = escape_name(tensor.name)
+            if link in group:
+                raise CkptError(f"duplicate tensor name {tensor.name!r}")
+            summary.tensor_count += 1
+            if tensor.tie_key is not None and tensor.tie_key in first_link:
+                group[link] = group[first_link[tensor.tie_key]]  # hard link: stored once
+                continue
+            values = tensor.load()
+            expected = STORAGE_NUMPY[tensor.dtype]
+            if values.dtype != expected or values.shape != tensor.shape:
+                raise CkptError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
+            dataset = group.create_dataset(link, data=values)
+            dataset.attrs["dtype"] = tensor.dtype
+            summary.parameter_count += int(values.size)
+            summary.stored_bytes += int(values.nbytes)
+            summary.largest_tensor_bytes = max(summary.largest_tensor_bytes, int(values.nbytes))
+            if tensor.tie_key is not None:
+                first_link[tensor.tie_key] = link
+            del values
+        f.attrs["tensor_count"] = summary.tensor_count
+    return summary
+
+
+def is_ckptctl_weights(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("layout") == LAYOUT
+    except (OSError, ValueError):
+        return False
+
+
+def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of a ``ckptctl-tensors`` file: (name -> array, name -> tie target).
+
+    With ``logical`` the arrays carry their real dtype (``ml_dtypes.bfloat16`` …); otherwise
+    the stored bits. The second mapping names, for each tied alias, the first name it shares.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    ties: dict[str, str] = {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CkptError(f"not a readable HDF5 file ({exc})", path) from exc
+    with f:
+        if f.attrs.get("layout") != LAYOUT:
+            raise CkptError(f"not a {LAYOUT} weights file", path)
+        seen: dict[Any, str] = {}
+        group = f["tensors"]
+        for link in group:
+            name = unescape_name(link)
+            dataset = group[link]
+            ident = dataset.id  # equal (and equally hashed) for hard links to one object
+            if ident in seen:
+                ties[name] = seen[ident]
+                arrays[name] = arrays[seen[ident]]
+                continue
+            seen[ident] = name
+            dtype = str(dataset.attrs.get("dtype", dataset.dtype.name))
+            values = dataset[()]
+            if not isinstance(values, np.ndarray):
+                values = np.asarray(values, dtype=dataset.dtype)
+            if logical and dtype in BIT_CAST_DTYPES:
+                values = values.view(LOGICAL_NUMPY[dtype])
+            arrays[name] = values
+    return arrays, ties
+
+
+def tensor_dtypes(path: Path) -> dict[str, str]:
+    with h5py.File(path, "r") as f:
+        group = f["tensors"]
+        return {unescape_name(k): str(group[k].attrs.get("dtype", group[k].dtype.name)) for k in group}

@@ -1,0 +1,136 @@
+"""Framework-free tensor records: dtype tables, storages and lazily read, bounds-checked views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import CorruptCheckpointError
+
+#: dtype name (torch's spelling) -> numpy dtype that holds its exact bits in HDF5.
+#: Types numpy/HDF5 lack (bfloat16, float8) are stored as unsigned integers of equal width
+#: with the real dtype named in an attribute; ``LOGICAL_NUMPY`` gives the typed view.
+STORAGE_NUMPY: dict[str, np.dtype] = {
+    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype("<u2"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
+    "uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "uint64": np.dtype("<u8"),
+    "bool": np.dtype("?"), "complex64": np.dtype("<c8"), "complex128": np.dtype("<c16"),
+    "float8_e4m3fn": np.dtype("u1"), "float8_e5m2": np.dtype("u1"),
+    "float8_e4m3fnuz": np.dtype("u1"), "float8_e5m2fnuz": np.dtype("u1"),
+}
+LOGICAL_NUMPY: dict[str, np.dtype] = {
+    **STORAGE_NUMPY,
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+#: dtypes whose HDF5 storage differs from their meaning (raw bits in an unsigned int).
+BIT_CAST_DTYPES = frozenset(k for k in STORAGE_NUMPY if STORAGE_NUMPY[k] != LOGICAL_NUMPY[k])
+DTYPES_BY_TORCH_NAME = frozenset(STORAGE_NUMPY)
+DTYPES_BY_STORAGE_CLASS: dict[str, str] = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+    "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+}
+
+
+def itemsize(dtype: str) -> int:
+    return STORAGE_NUMPY[dtype].itemsize
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """One storage record of a checkpoint; ``dtype`` None means untyped (``numel`` in bytes)."""
+
+    key: str
+    dtype: str | None
+    numel: int
+    location: str = "cpu"
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel if self.dtype is None else self.numel * itemsize(self.dtype)
+
+
+class StorageProvider(Protocol):
+    def storage_bytes(self, ref: StorageRef) -> np.ndarray:
+        """The storage's bytes as a read-only uint8 array (usually memory-mapped)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor described by its storage and view; bytes are read only on ``read``."""
+
+    storage: StorageRef
+    dtype: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    requires_grad: bool = False
+    is_parameter: bool = False
+
+    def as_parameter(self, requires_grad: bool) -> LazyTensor:
+        return replace(self, requires_grad=requires_grad, is_parameter=True)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * itemsize(self.dtype)
+
+    @property
+    def view_key(self) -> tuple[object, ...]:
+        """Identical for two names that are the same tensor (tied weights)."""
+        return (self.storage.key, self.dtype, self.offset, self.shape, self.stride)
+
+    def read(self, provider: StorageProvider, big_endian: bool = False) -> np.ndarray:
+        """The tensor's values in logical (C) order, as ``STORAGE_NUMPY[dtype]``.
+
+        Bounds are checked before any strided view is made: a hostile record must not read
+        outside its storage.
+        """
+        item = itemsize(self.dtype)
+        raw = provider.storage_bytes(self.storage)
+        count = raw.shape[0] // item
+        if self.numel > 0:
+            last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=False))
+            if last >= count:
+                raise CorruptCheckpointError(
+                    f"tensor view reaches element {last} of a storage holding {count}"
+                )
+        elif self.offset > count:
+            raise CorruptCheckpointError("tensor offset lies outside its storage")
+        np_dtype = STORAGE_NUMPY[self.dtype]
+        if big_endian and np_dtype.itemsize > 1:
+            np_dtype = np_dtype.newbyteorder(">")
+        typed = raw[: count * item].view(np_dtype)
+        if self.numel == 0:
+            return np.empty(self.shape, dtype=STORAGE_NUMPY[self.dtype])
+        view = np.lib.stride_tricks.as_strided(
+            typed[self.offset :], shape=self.shape, strides=[s * item for s in self.stride],
+            writeable=False,
+        )
+        # Contiguous views are written straight from the mapping; others are gathered once.
+        out = view if view.flags.c_contiguous else view.copy(order="C")
+        if big_endian and np_dtype.itemsize > 1:
+            out = out.astype(STORAGE_NUMPY[self.dtype])
+        return out
+
+    def is_contiguous_view(self) -> bool:
+        expected = 1
+        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=False):
+            if n != 1 and s != expected:
+                return False
+            expected *= n
+        return True

@@ -1,0 +1,184 @@
+"""``catalog``: a table of checkpoints and experiments built from sidecars alone.
+
+Never opens a checkpoint. Parsed sidecars are cached (keyed by path, size and mtime) so a
+warm catalog of thousands of experiments costs a ``stat`` per sidecar, not a YAML parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CkptError
+from ..sidecars import parse_sidecar, read_sidecar_raw
+from .validate import find_sidecars
+
+CACHE_VERSION = 1
+_LOWER_IS_BETTER = re.compile(r"loss|error|err", re.IGNORECASE)
+
+
+class UnknownMetricError(CkptError):
+    def __init__(self, metric: str, known: list[str]) -> None:
+        listed = ", ".join(known) if known else "none (no sidecar has metrics)"
+        super().__init__(f"unknown metric {metric!r}; metrics in these sidecars: {listed}")
+        self.known = known
+
+
+@dataclass
+class Entry:
+    sidecar_path: Path
+    doc: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.doc.get("metrics") or {}
+
+    def field(self, key: str) -> Any:
+        if key in ("exp_name", "created_at", "checkpoint_path"):
+            return self.doc.get(key)
+        if key in ("epoch", "global_step", "step"):
+            return (self.doc.get("training") or {}).get("global_step" if key == "step" else key)
+        if key in ("path", "sidecar_path"):
+            return str(self.sidecar_path)
+        return self.metrics.get(key.removeprefix("metrics."))
+
+    @property
+    def checkpoint(self) -> str:
+        return str(self.sidecar_path.parent / self.doc.get("checkpoint_path", ""))
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.doc, "sidecar_path": str(self.sidecar_path)}
+
+
+@dataclass
+class CatalogResult:
+    entries: list[Entry]
+    metric: str | None = None
+    mode: str | None = None
+    left_out: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_cache_dir() -> Path:
+    override = os.environ.get("CKPTCTL_CACHE_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ckptctl"
+
+
+def load_entries(paths: Iterable[Path], recursive: bool = True,
+                 cache_dir: Path | None = None) -> tuple[list[Entry], list[str]]:
+    """Valid sidecars below ``paths`` (invalid ones become warnings: validate reports them)."""
+    paths = [Path(p) for p in paths]
+    warnings: list[str] = []
+    sidecars = find_sidecars(paths, recursive, warnings)
+    cache_file = _cache_file(cache_dir, paths) if cache_dir is not None else None
+    cache = _read_cache(cache_file) if cache_file else {}
+    fresh: dict[str, list[Any]] = {}
+    entries = []
+    for path in sidecars:
+        key = str(path.absolute())
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        stamp = [info.st_size, info.st_mtime_ns]
+        cached = cache.get(key)
+        if cached is not None and cached[0] == stamp:
+            doc = cached[1]
+        else:
+            try:
+                raw = read_sidecar_raw(path)
+                parse_sidecar(path, raw)  # schema check before a document is trusted
+            except CkptError as exc:
+                warnings.append(f"{path}: skipped, {exc.message}")
+                continue
+            doc = raw
+        fresh[key] = [stamp, doc]
+        entries.append(Entry(path, doc))
+    if cache_file is not None and fresh != cache:
+        _write_cache(cache_file, fresh)
+    return entries, warnings
+
+
+def _cache_file(cache_dir: Path, roots: list[Path]) -> Path:
+    ident = "\n".join(sorted(str(p.resolve()) for p in roots))
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_dir / f"catalog-v{CACHE_VERSION}-{digest}.json"
+
+
+def _read_cache(path: Path) -> dict[str, list[Any]]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data["entries"] if data.get("version") == CACHE_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_cache(path: Path, entries: dict[str, list[Any]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"version": CACHE_VERSION, "entries": entries}, handle, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs speed
+
+
+def resolve_mode(metric: str, entries: list[Entry], mode: str | None) -> str:
+    """The sidecar's mode when it monitored ``metric``; else ``mode``; else by the name."""
+    for entry in entries:
+        checkpointing = entry.doc.get("checkpointing") or {}
+        if checkpointing.get("monitor") == metric and checkpointing.get("mode") in ("min", "max"):
+            return checkpointing["mode"]
+    if mode is not None:
+        return mode
+    return "min" if _LOWER_IS_BETTER.search(metric) else "max"
+
+
+def all_metric_names(entries: list[Entry]) -> list[str]:
+    return sorted({name for entry in entries for name in entry.metrics})
+
+
+def catalog(paths: Iterable[Path], best: str | None = None, mode: str | None = None,
+            sort: str | None = None, recursive: bool = True,
+            cache_dir: Path | None = None) -> CatalogResult:
+    entries, warnings = load_entries(paths, recursive, cache_dir)
+    if best is None:
+        entries.sort(key=lambda e: (str(e.doc.get("exp_name")), str(e.sidecar_path)))
+        if sort:
+            entries = sort_entries(entries, sort)
+        return CatalogResult(entries, warnings=warnings)
+    with_metric = [e for e in entries if isinstance(e.metrics.get(best), int | float)]
+    if not with_metric:
+        raise UnknownMetricError(best, all_metric_names(entries))
+    chosen_mode = resolve_mode(best, with_metric, mode)
+    sign = 1.0 if chosen_mode == "min" else -1.0
+    best_per_exp: dict[str, Entry] = {}
+    for entry in sorted(with_metric, key=lambda e: str(e.sidecar_path)):
+        exp = str(entry.doc.get("exp_name"))
+        current = best_per_exp.get(exp)
+        if current is None or sign * entry.metrics[best] < sign * current.metrics[best]:
+            best_per_exp[exp] = entry
+    rows = sorted(best_per_exp.values(), key=lambda e: (sign * e.metrics[best], str(e.doc.get("exp_name"))))
+    if sort:
+        rows = sort_entries(rows, sort)
+    return CatalogResult(rows, best, chosen_mode, len(entries) - len(with_metric), warnings)
+
+
+def sort_entries(entries: list[Entry], key: str) -> list[Entry]:
+    descending = key.startswith("-")
+    key = key.lstrip("-")
+    present = [e for e in entries if e.field(key) is not None]
+    missing = [e for e in entries if e.field(key) is None]
+    present.sort(key=lambda e: e.field(key), reverse=descending)
+    return present + missing

@@ -1,0 +1,123 @@
+"""Reading, writing and checking sidecars; shared by convert, scan, validate and catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import SidecarError
+from .schema import Sidecar
+from .yamlio import dump_yaml, load_yaml_file
+
+_HASH_CHUNK = 8 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        buffer = bytearray(_HASH_CHUNK)
+        view = memoryview(buffer)
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            digest.update(view[:count])  # releases the GIL: hashing overlaps other work
+    return digest.hexdigest()
+
+
+def read_sidecar_raw(path: Path) -> dict[str, Any]:
+    try:
+        data = load_yaml_file(path)
+    except OSError as exc:
+        raise SidecarError(f"cannot read ({exc.strerror})", path) from exc
+    except Exception as exc:
+        raise SidecarError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from exc
+    if not isinstance(data, dict):
+        raise SidecarError("not a YAML mapping", path)
+    return data
+
+
+def parse_sidecar(path: Path, data: dict[str, Any] | None = None) -> Sidecar:
+    data = read_sidecar_raw(path) if data is None else data
+    try:
+        return Sidecar.model_validate(data)
+    except ValidationError as exc:
+        raise SidecarError(describe_validation_error(exc), path) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "(document)"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown field {where}")
+        elif error["type"] == "missing":
+            parts.append(f"missing field {where}")
+        else:
+            parts.append(f"{where}: {error['msg']}")
+    more = len(exc.errors()) - 5
+    return "schema: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def temp_path_for(path: Path) -> Path:
+    from .discovery import TEMP_MARKER
+
+    return path.with_name(f".{path.name}{TEMP_MARKER}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sidecar_yaml(sidecar: Sidecar) -> bytes:
+    header = "# ckptctl sidecar (schema 1.0): metadata of the checkpoint named below.\n"
+    # Unknown values are left out (smaller files, faster catalogs); weights_path stays
+    # explicit because null there means "metadata only".
+    doc = sidecar.model_dump(mode="json", exclude_none=True)
+    doc = {"weights_path" if k == "weights_path" else k: v for k, v in doc.items()}
+    if "weights_path" not in doc:
+        doc = {**{k: doc[k] for k in ("schema_version", "checkpoint_path") if k in doc},
+               "weights_path": None, **doc}
+    return (header + dump_yaml(doc)).encode("utf-8")
+
+
+def source_is_stale(sidecar: Sidecar, source: Path) -> str | None:
+    """Why ``source`` no longer matches its sidecar (size/mtime), or None when it matches."""
+    try:
+        info = source.stat()
+    except OSError:
+        return "source file is missing"
+    if info.st_size != sidecar.source.size_bytes:
+        return f"source size changed ({sidecar.source.size_bytes} -> {info.st_size} bytes)"
+    if abs(info.st_mtime - sidecar.source.mtime) > 1e-3:
+        return "source modified since conversion"
+    return None

@@ -1,0 +1,111 @@
+"""Shared fixtures: the example ``outputs/`` tree and the hostile-input folder.
+
+Both are built with the real libraries by ``examples/build_example_tree.py``, once per test
+session even under ``pytest -n 2`` (xdist): the first worker builds under a file lock into
+the directory all workers share, the others reuse it. Those shared copies are read-only by
+convention; tests that write anything must use ``fresh_tree`` / ``fresh_bad_inputs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "tests"))
+# Imported by name after the path tweak (a plain import here would trip ruff's E402).
+builder = importlib.import_module("build_example_tree")
+
+Built = tuple[Path, dict[str, Any]]
+
+
+def reference_load(path: str | os.PathLike[str]) -> Any:
+    """Reference reader for tests: full ``torch.load``.
+
+    Unsafe on untrusted input, so only ever call it on the trusted example tree, never on
+    ``bad_inputs`` files. The product code never does this.
+    """
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _build_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], dict[str, Any]]) -> Built:
+    """Build ``name`` once per session, shared by all xdist workers; return (root, manifest)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        # Not under xdist: basetemp's parent outlives the session, so stay inside basetemp.
+        base = tmp_path_factory.getbasetemp()
+    else:
+        base = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    root = base / name
+    manifest_file = base / f"{name}.manifest.json"
+    done = base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            if root.exists():  # leftovers of a build that crashed half-way
+                shutil.rmtree(root)
+            manifest_file.write_text(json.dumps(build(root), indent=1))
+            done.touch()  # written last: its presence means root and manifest are complete
+    return root, json.loads(manifest_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def example_tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The clean example tree ``(root, manifest)``. Shared by all tests: do not write to it."""
+    return _build_once(tmp_path_factory, "example_tree", builder.build_example_tree)
+
+
+@pytest.fixture
+def fresh_tree(example_tree: Built, tmp_path: Path) -> Built:
+    """A private copy ``(root, manifest)`` of the example tree (mtimes kept) to write into.
+
+    Manifest paths are relative, so they hold for the copy. Paths *stored inside* Lightning
+    checkpoints (``dirpath``, ``best_k_models``...) still name the original tree, as they do
+    for a run directory that was moved.
+    """
+    src, manifest = example_tree
+    root = tmp_path / "outputs"
+    shutil.copytree(src, root, symlinks=True)  # copy2 keeps mtimes; dirs get copystat too
+    return root, manifest
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Hostile/broken files ``(root, manifest)``; shared, do not write to it.
+
+    ``manifest["marker_paths"]`` are the absolute files the payloads would create if ever
+    executed; a test must assert none of them exists. Never ``reference_load`` these files.
+    """
+    return _build_once(tmp_path_factory, "bad_inputs", builder.build_bad_inputs)
+
+
+@pytest.fixture
+def fresh_bad_inputs(bad_inputs: Built, tmp_path: Path) -> Built:
+    """A private copy ``(root, manifest)`` of the bad inputs, for tests that write outputs.
+
+    The payload commands were baked in at build time with absolute paths under the *original*
+    folder, so the markers to check stay ``manifest["marker_paths"]`` (unchanged, pointing at
+    the shared build), not paths inside the copy. ``manifest["markers"]`` holds their names if
+    a test also wants to look inside the copy.
+    """
+    src, manifest = bad_inputs
+    root = tmp_path / "bad"
+    shutil.copytree(src, root)
+    return root, manifest
+
+
+@pytest.fixture(scope="session")
+def reference_loader() -> Callable[[str | os.PathLike[str]], Any]:
+    """``reference_load`` as a fixture, for test modules that should not import conftest."""
+    return reference_load

@@ -1,0 +1,46 @@
+"""Small helpers shared by tests (imported as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from ckptctl.cli import cli
+from ckptctl.sidecars import parse_sidecar
+from ckptctl.yamlio import load_yaml_file
+
+
+def run_cli(*args: str) -> Result:
+    """Invoke the CLI in-process; stdout and stderr are kept apart."""
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ckptctl", catch_exceptions=False)
+
+
+def run_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ckptctl ...`` as a real process (for imports, signals, exit codes)."""
+    return subprocess.run([sys.executable, "-m", "ckptctl", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def sidecar_of(source: Path) -> dict[str, Any]:
+    from ckptctl.discovery import outputs_for
+
+    path = outputs_for(source)[1]
+    parse_sidecar(path)  # must be schema-valid
+    data = load_yaml_file(path)
+    assert isinstance(data, dict)
+    return data
+
+
+def outputs_exist(source: Path) -> tuple[bool, bool]:
+    from ckptctl.discovery import outputs_for
+
+    weights, sidecar = outputs_for(source)
+    return weights.exists(), sidecar.exists()
+
+
+def leftover_temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".ckptctl-tmp" in p.name]
