@@ -35,12 +35,10 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     """
     import torch  # imported only here: the rest of ckptctl runs without torch
 
-    from .formats.ckptctl_h5 import read_tensors
+    from .formats.ckptctl_h5 import read_tensors, tensor_dtypes
     from .formats.tensor import BIT_CAST_DTYPES
 
     arrays, ties = read_tensors(Path(path), logical=False)
-    from .formats.ckptctl_h5 import tensor_dtypes
-
     dtypes = tensor_dtypes(Path(path))
     result: dict[str, Any] = {}
     for name, values in arrays.items():
@@ -49,10 +47,11 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
             continue
         dtype = dtypes[name]
         if dtype in BIT_CAST_DTYPES:
-            signed = values.view(f"<i{values.dtype.itemsize}") if values.dtype.itemsize > 1 else values.view("i1")
-            tensor = torch.from_numpy(signed.copy()).view(getattr(torch, dtype))
+            # torch has no numpy bfloat16/float8: move the raw bits, then reinterpret them.
+            signed = values.view(f"i{values.dtype.itemsize}")
+            tensor = torch.from_numpy(signed).view(getattr(torch, dtype))
         else:
-            tensor = torch.from_numpy(values.copy() if not values.flags.writeable else values)
+            tensor = torch.from_numpy(values if values.flags.writeable else values.copy())
         result[name] = tensor
     return result
 

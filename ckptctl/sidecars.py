@@ -103,7 +103,6 @@ def sidecar_yaml(sidecar: Sidecar) -> bytes:
     # Unknown values are left out (smaller files, faster catalogs); weights_path stays
     # explicit because null there means "metadata only".
     doc = sidecar.model_dump(mode="json", exclude_none=True)
-    doc = {"weights_path" if k == "weights_path" else k: v for k, v in doc.items()}
     if "weights_path" not in doc:
         doc = {**{k: doc[k] for k in ("schema_version", "checkpoint_path") if k in doc},
                "weights_path": None, **doc}

@@ -65,9 +65,12 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
             click.echo(f"{item.status:<14} {item.source}")
 
     if sys.stderr.isatty() and len(targets) > 1 and not dry_run:
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
+        # The bar lives on stderr; stdout lines go above it only when stdout is that terminal.
+        with Progress(console=Console(stderr=True), transient=True,
+                      redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
             task = progress.add_task("converting", total=len(targets))
 
             def advance(item) -> None:  # type: ignore[no-untyped-def]
