@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import datetime as _dt
 import math
 import os
 import re
@@ -22,7 +23,7 @@ import numpy as np
 
 from .filename_tokens import parse_filename
 from .formats.tensor import LazyTensor
-from .formats.unpickler import InertObject, StorageType, TorchDType, UnsupportedTensor
+from .formats.unpickler import InertObject, NpArrayRecord, UnsupportedTensor
 from .yamlio import load_yaml_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -91,8 +92,10 @@ def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0) 
     """JSON/YAML-safe plain data; tensors become scalars (when 1 element) or a summary."""
     if depth > 12:
         return "<nested too deeply>"
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
+    if obj is None or isinstance(obj, bool | str):
+        return obj if not isinstance(obj, str) or len(obj) <= 10_000 else obj[:10_000] + "…"
+    if isinstance(obj, int):
+        return obj if obj.bit_length() <= 64 else f"<int of {obj.bit_length()} bits>"
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, np.generic):
@@ -107,16 +110,25 @@ def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0) 
         return f"<ndarray {obj.dtype}{list(obj.shape)}>"
     if isinstance(obj, Mapping):
         items = list(obj.items())[:_MAX_PLAIN_ITEMS]
-        return {str(k): to_plain(v, read_scalar, depth + 1) for k, v in items}
+        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in items}
     if isinstance(obj, list | tuple | set | frozenset):
         return [to_plain(v, read_scalar, depth + 1) for v in list(obj)[:_MAX_PLAIN_ITEMS]]
     if isinstance(obj, InertObject):
         return inert_to_plain(obj, read_scalar, depth)
     if isinstance(obj, bytes | bytearray):
         return f"<{len(obj)} bytes>"
-    if isinstance(obj, StorageType | TorchDType | UnsupportedTensor):
-        return f"<{type(obj).__name__}>"
-    return str(obj)[:200]
+    if isinstance(obj, NpArrayRecord):
+        return to_plain(obj.array, read_scalar, depth) if obj.array is not None else "<ndarray>"
+    if isinstance(obj, complex):
+        return str(obj)
+    if isinstance(obj, _dt.datetime | _dt.date | _dt.time | _dt.timedelta):
+        return str(obj)
+    return f"<{type(obj).__name__}>"  # never str() an unknown object: it may recurse or blow up
+
+
+def _key(key: Any) -> str:
+    plain = to_plain(key, None, 11)
+    return plain if isinstance(plain, str) else str(plain)[:200]
 
 
 def inert_to_plain(obj: InertObject, read_scalar: ScalarReader | None, depth: int) -> Any:
@@ -125,15 +137,15 @@ def inert_to_plain(obj: InertObject, read_scalar: ScalarReader | None, depth: in
     if obj.type_name.startswith("omegaconf.") and isinstance(state, dict):
         content = state.get("_content")
         if isinstance(content, dict):
-            return {str(k): to_plain(v, read_scalar, depth + 1) for k, v in content.items()}
+            return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in content.items()}
         if isinstance(content, list):
             return [to_plain(v, read_scalar, depth + 1) for v in content]
         return to_plain(state.get("_val", content), read_scalar, depth + 1)
     if obj.items:
-        return {str(k): to_plain(v, read_scalar, depth + 1) for k, v in obj.items.items()}
+        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in obj.items.items()}
     if isinstance(state, dict):
-        return {str(k): to_plain(v, read_scalar, depth + 1) for k, v in state.items()
-                if not str(k).startswith("_")}
+        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in state.items()
+                if not _key(k).startswith("_")}
     if obj.list_items:
         return [to_plain(v, read_scalar, depth + 1) for v in obj.list_items]
     if obj.type_name.startswith("pathlib.") and obj.args:
@@ -162,6 +174,8 @@ def _number(value: Any, read_scalar: ScalarReader | None) -> float | None:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and value.bit_length() > 1000:
         return None
     return float(value) if math.isfinite(float(value)) else None
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -46,8 +47,21 @@ def itemsize(dtype: str) -> int:
     return STORAGE_NUMPY[dtype].itemsize
 
 
-@dataclass(frozen=True)
-class StorageRef:
+#: A view may be larger than its storage only by broadcasting (zero strides); cap that.
+MAX_BROADCAST_BYTES = 256 << 20
+
+
+class _Sealed:
+    """Records built during unpickling must not be editable by a later BUILD opcode."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise CorruptCheckpointError(f"pickle tries to modify a {type(self).__name__} record")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRef(_Sealed):
     """One storage record of a checkpoint; ``dtype`` None means untyped (``numel`` in bytes)."""
 
     key: str
@@ -66,8 +80,8 @@ class StorageProvider(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class LazyTensor:
+@dataclass(frozen=True, slots=True)
+class LazyTensor(_Sealed):
     """A tensor described by its storage and view; bytes are read only on ``read``."""
 
     storage: StorageRef
@@ -83,7 +97,7 @@ class LazyTensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python ints: no int64 wrap-around
 
     @property
     def nbytes(self) -> int:
@@ -100,9 +114,14 @@ class LazyTensor:
         Bounds are checked before any strided view is made: a hostile record must not read
         outside its storage.
         """
+        if self.dtype not in STORAGE_NUMPY or not isinstance(self.storage, StorageRef):
+            raise CorruptCheckpointError("tensor record is malformed")
         item = itemsize(self.dtype)
         raw = provider.storage_bytes(self.storage)
         count = raw.shape[0] // item
+        if self.numel * item > max(raw.shape[0], MAX_BROADCAST_BYTES):
+            raise CorruptCheckpointError(
+                f"tensor of {self.numel} elements is larger than its storage allows")
         if self.numel > 0:
             last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=False))
             if last >= count:
@@ -116,13 +135,18 @@ class LazyTensor:
             np_dtype = np_dtype.newbyteorder(">")
         typed = raw[: count * item].view(np_dtype)
         if self.numel == 0:
+            if any(n > 1 << 40 for n in self.shape):
+                raise CorruptCheckpointError("empty tensor record has an absurd dimension")
             return np.empty(self.shape, dtype=STORAGE_NUMPY[self.dtype])
-        view = np.lib.stride_tricks.as_strided(
-            typed[self.offset :], shape=self.shape, strides=[s * item for s in self.stride],
-            writeable=False,
-        )
-        # Contiguous views are written straight from the mapping; others are gathered once.
-        out = view if view.flags.c_contiguous else view.copy(order="C")
+        try:
+            view = np.lib.stride_tricks.as_strided(
+                typed[self.offset :], shape=self.shape, strides=[s * item for s in self.stride],
+                writeable=False,
+            )
+            # Contiguous views are written straight from the mapping; others gathered once.
+            out = view if view.flags.c_contiguous else view.copy(order="C")
+        except (ValueError, OverflowError, MemoryError) as exc:
+            raise CorruptCheckpointError(f"tensor view cannot be read ({exc})") from exc
         if big_endian and np_dtype.itemsize > 1:
             out = out.astype(STORAGE_NUMPY[self.dtype])
         return out

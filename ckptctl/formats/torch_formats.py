@@ -121,6 +121,11 @@ def _open_zip(path: Path) -> TorchFile:
         if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
             raise UnsupportedCheckpointError("TorchScript archive (holds code); not converted")
         by_name = {i.filename: i for i in infos}
+        for info in infos:
+            if info.flag_bits & 0x1:
+                raise UnsupportedCheckpointError(f"zip entry {info.filename} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise UnsupportedCheckpointError(f"zip entry {info.filename} uses an unknown compression")
         pkl_info = by_name[f"{prefix}data.pkl"]
         if pkl_info.file_size > MAX_PICKLE_BYTES:
             raise CorruptCheckpointError("data.pkl is larger than 1 GiB")
@@ -130,6 +135,8 @@ def _open_zip(path: Path) -> TorchFile:
             raise CorruptCheckpointError(f"data.pkl is damaged ({exc})") from exc
         byteorder = b"little"
         if f"{prefix}byteorder" in by_name:
+            if by_name[f"{prefix}byteorder"].file_size > 16:
+                raise CorruptCheckpointError("byteorder record is oversized")
             byteorder = archive.read(f"{prefix}byteorder").strip()
         tf = TorchFile(path=path, format="torch-zip", obj=None, big_endian=byteorder == b"big")
 

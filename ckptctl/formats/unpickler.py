@@ -19,12 +19,17 @@ import _compat_pickle
 import collections
 import datetime
 import io
+import math
 import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import CorruptCheckpointError, UnsafePickleError, UnsupportedCheckpointError
+from .pickle_guard import guard_pickle
 from .tensor import DTYPES_BY_STORAGE_CLASS, DTYPES_BY_TORCH_NAME, LazyTensor, StorageRef
 
 # --- what is refused -------------------------------------------------------------------
@@ -41,6 +46,8 @@ _DANGEROUS_MODULES = frozenset(
         "sysconfig", "gc", "weakref", "ssl", "select", "mmap", "fcntl", "resource", "shelve",
         "dbm", "sqlite3", "xmlrpc", "logging", "unittest", "doctest", "timeit", "trace",
         "cProfile", "profile", "bdb", "imp", "distutils", "setuptools", "pip",
+        "_operator", "_functools", "pydoc", "_posixsubprocess", "_ctypes", "codecs",
+        "builtins.object", "_winapi", "msvcrt", "winreg", "_signal", "faulthandler",
     }
 )
 #: Single globals that run code, look up arbitrary attributes or open files.
@@ -62,17 +69,39 @@ _DANGEROUS_NAMES = frozenset(
     }
 )
 #: Prefixes inside otherwise ordinary packages that reach native code or the filesystem.
-_DANGEROUS_PREFIXES = ("torch._C", "torch.ops", "torch.hub", "torch.utils.cpp_extension",
-                       "numpy.ctypeslib", "numpy.f2py", "numpy.distutils")
+_DANGEROUS_PREFIXES = ("torch._C", "torch.ops", "torch.hub", "torch.utils", "torch.jit",
+                       "torch.serialization", "torch.storage._load", "torch.package",
+                       "torch.multiprocessing", "torch.distributed", "torch.compiler",
+                       "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
+                       "numpy.lib", "numpy.memmap", "numpy.load", "numpy.save", "numpy.fromfile",
+                       "numpy.loadtxt", "numpy.genfromtxt", "numpy.tofile")
 
 
 def is_dangerous_global(module: str, name: str) -> bool:
-    root = module.split(".", 1)[0]
-    if root in _DANGEROUS_MODULES or (module, name) in _DANGEROUS_NAMES:
+    """True for globals that can run code, reach the OS or read files.
+
+    Dotted names (``STACK_GLOBAL "pathlib" "os.system"``) are judged on every component, so
+    an attribute walk through an innocent-looking module is caught too.
+    """
+    if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 spellings: judge both
+        mapped = _compat_pickle.NAME_MAPPING[(module, name)]
+        if is_dangerous_global(*mapped):
+            return True
+    elif module in _compat_pickle.IMPORT_MAPPING and is_dangerous_global(
+            _compat_pickle.IMPORT_MAPPING[module], name):
         return True
-    if module == "builtins" and name.startswith("__"):
+    dotted = f"{module}.{name}"
+    parts = dotted.split(".")
+    if any(p in _DANGEROUS_MODULES for p in parts) or (module, name) in _DANGEROUS_NAMES:
         return True
-    return any(module == p or module.startswith(p + ".") for p in _DANGEROUS_PREFIXES)
+    if any(p.startswith("__") and p not in ("__builtin__", "__main__") for p in parts):
+        return True
+    if "." in name and any(
+        (m, n) in _DANGEROUS_NAMES for m, n in [(".".join(parts[:i]), parts[i]) for i in range(1, len(parts))]
+    ):
+        return True
+    return any(dotted == p or dotted.startswith(p + ".") or dotted.startswith(p + "_")
+               for p in _DANGEROUS_PREFIXES)
 
 
 # --- inert stand-ins ---------------------------------------------------------------------
@@ -135,38 +164,203 @@ class InertObject:
         return f"<inert {self.type_name}>"
 
 
-_inert_types: dict[tuple[str, str], type[InertObject]] = {}
-
-
 def inert_type(module: str, name: str) -> type[InertObject]:
-    key = (module, name)
-    cls = _inert_types.get(key)
-    if cls is None:
-        cls = type(f"Inert_{name}", (InertObject,), {"_ckpt_module": module, "_ckpt_name": name})
-        _inert_types[key] = cls
-    return cls
+    """A fresh stand-in class (one per unpickler and name: nothing is kept between loads)."""
+    safe_name = "".join(c if c.isalnum() else "_" for c in name[:64])
+    return type(f"Inert_{safe_name}", (InertObject,), {"_ckpt_module": module[:256], "_ckpt_name": name[:256]})
 
 
-@dataclass(frozen=True)
-class StorageType:
+class _Sealed:
+    """Mixin: a pickle's BUILD must not edit ckptctl's records after they were checked."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise CorruptCheckpointError(f"pickle tries to modify a {type(self).__name__} record")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageType(_Sealed):
     """What ``torch.FloatStorage`` & co. stand for: a dtype (None for UntypedStorage)."""
 
     dtype: str | None
 
 
-@dataclass(frozen=True)
-class TorchDType:
+@dataclass(frozen=True, slots=True)
+class TorchDType(_Sealed):
     """A ``torch.<dtype>`` global, e.g. passed to ``_rebuild_tensor_v3``."""
 
     name: str
 
 
-@dataclass
-class UnsupportedTensor:
+@dataclass(frozen=True, slots=True)
+class UnsupportedTensor(_Sealed):
     """A tensor kind ckptctl cannot rebuild (quantized, sparse, nested …)."""
 
     kind: str
     args: tuple[Any, ...] = field(default_factory=tuple)
+
+
+class SafeCallable(_Sealed):
+    """An allow-listed callable handed to the unpickler: callable, but not editable by BUILD
+    (a real function's ``__defaults__`` could otherwise be poisoned for later loads)."""
+
+    __slots__ = ("_func", "name")
+
+    def __init__(self, name: str, func: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_func", func)
+        object.__setattr__(self, "name", name)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise CorruptCheckpointError("pickle tries to modify an allowed callable")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<safe {self.name}>"
+
+
+class SafeOrderedDict(collections.OrderedDict):  # type: ignore[type-arg]
+    """``collections.OrderedDict`` as torch pickles state dicts: BUILD may only set the
+    ``_metadata`` torch attaches, never shadow methods such as ``get`` or ``items``."""
+
+    __slots__ = ("_metadata",)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict) and set(state) <= {"_metadata"}:
+            if "_metadata" in state:
+                object.__setattr__(self, "_metadata", state["_metadata"])
+            return
+        raise CorruptCheckpointError("pickle sets unexpected attributes on a mapping")
+
+
+class SafeDict(dict):  # type: ignore[type-arg]
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        if state:
+            raise CorruptCheckpointError("pickle sets unexpected attributes on a mapping")
+
+
+# numpy arrays are rebuilt from checked raw bytes only: numeric dtypes, no objects/fields.
+_NUMERIC_DTYPE = re.compile(r"^[<>|=]?(b1|i1|i2|i4|i8|u1|u2|u4|u8|f2|f4|f8|c8|c16)$")
+
+
+class NpDTypeRecord(_Sealed):
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype) -> None:
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags): only the
+        # byte order is taken; anything describing structure is refused.
+        if not isinstance(state, tuple) or len(state) < 5 or any(v is not None for v in state[2:5]):
+            raise CorruptCheckpointError("pickle builds a structured or malformed numpy dtype")
+        order = state[1]
+        if order not in ("<", ">", "|", "="):
+            raise CorruptCheckpointError("pickle gives a numpy dtype a bad byte order")
+        if order in ("<", ">"):
+            object.__setattr__(self, "dtype", self.dtype.newbyteorder(order))
+
+
+class NpArrayRecord(_Sealed):
+    """A numpy array rebuilt from its raw bytes (``array`` is None until BUILD)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "array", None)
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise CorruptCheckpointError("pickle builds a numpy array twice or malformed")
+        shape, dtype, fortran, raw = state[-4:]
+        if not isinstance(dtype, NpDTypeRecord) or not isinstance(raw, bytes | bytearray):
+            raise CorruptCheckpointError("pickle builds a numpy array of unsupported kind")
+        if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ) or len(shape) > 32:
+            raise CorruptCheckpointError("pickle builds a numpy array with a bad shape")
+        if math.prod(shape) * dtype.dtype.itemsize != len(raw):
+            raise CorruptCheckpointError("pickle builds a numpy array from the wrong byte count")
+        values = np.frombuffer(bytes(raw), dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+        object.__setattr__(self, "array", values)
+
+
+def _np_dtype(spec: Any, align: Any = False, copy: Any = True) -> NpDTypeRecord:
+    if not isinstance(spec, str) or not _NUMERIC_DTYPE.match(spec):
+        raise UnsupportedCheckpointError(f"numpy dtype {str(spec)[:40]!r} is not supported")
+    return NpDTypeRecord(np.dtype(spec))
+
+
+class _Marker(_Sealed):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+
+_NDARRAY_MARKER = _Marker("numpy.ndarray")  # stands for numpy.ndarray; never callable
+
+
+def _np_reconstruct(subtype: Any, shape: Any = (0,), typecode: Any = b"b") -> NpArrayRecord:
+    if subtype is not _NDARRAY_MARKER:
+        raise UnsupportedCheckpointError("numpy array subclass is not supported")
+    if shape != (0,):  # numpy always writes (0,) here; the real shape comes with BUILD
+        raise CorruptCheckpointError("pickle reconstructs a numpy array with a bad shape")
+    return NpArrayRecord()
+
+
+def _np_scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, NpDTypeRecord) or not isinstance(data, bytes | bytearray) \
+            or len(data) != dtype.dtype.itemsize:
+        raise CorruptCheckpointError("pickle builds a malformed numpy scalar")
+    return np.frombuffer(bytes(data), dtype=dtype.dtype)[0]
+
+
+# --- builtins that could allocate from a size alone are wrapped to take data only ---------
+
+
+def _concrete(value: Any, what: str) -> Any:
+    if not isinstance(value, list | tuple | set | frozenset | bytes | bytearray | str):
+        raise CorruptCheckpointError(f"pickle builds a {what} from {type(value).__name__}")
+    return value
+
+
+def _safe_set(items: Any = ()) -> set[Any]:
+    return set(_concrete(items, "set"))
+
+
+def _safe_frozenset(items: Any = ()) -> frozenset[Any]:
+    return frozenset(_concrete(items, "frozenset"))
+
+
+def _safe_bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    if isinstance(data, str):
+        return bytearray(data, encoding if isinstance(encoding, str) else "latin1")
+    return bytearray(_concrete(data, "bytearray"))
+
+
+def _safe_bytes(data: Any = b"", encoding: Any = None) -> bytes:
+    return bytes(_safe_bytearray(data, encoding))
+
+
+def _safe_complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (real, imag)):
+        raise CorruptCheckpointError("pickle builds a complex number from non-numbers")
+    return complex(real, imag)
+
+
+def _safe_slice(*args: Any) -> slice:
+    if len(args) > 3 or not all(a is None or isinstance(a, int) for a in args):
+        raise CorruptCheckpointError("pickle builds a malformed slice")
+    return slice(*args)
+
+
+def _safe_defaultdict(*args: Any) -> SafeDict:
+    return SafeDict()  # the default factory is dropped: it would be a callable from the file
 
 
 # --- the inert rebuild functions ---------------------------------------------------------
@@ -249,32 +443,29 @@ def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
 
 
 def _torch_size(*args: Any) -> tuple[Any, ...]:
-    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], tuple | list) else args
+    values = tuple(args[0]) if len(args) == 1 and isinstance(args[0], tuple | list) else args
+    if not all(isinstance(v, int) for v in values):
+        raise CorruptCheckpointError("pickle builds a malformed torch.Size")
+    return values
 
 
 def _torch_device(*args: Any) -> str:
-    return ":".join(str(a) for a in args)
+    if not 1 <= len(args) <= 2 or not isinstance(args[0], str) or len(args[0]) > 32 or (
+        len(args) == 2 and not isinstance(args[1], int | type(None))
+    ):
+        raise CorruptCheckpointError("pickle builds a malformed torch.device")
+    return ":".join(str(a) for a in args if a is not None)
 
 
-_REBUILD_FUNCTIONS: set[Callable[..., Any]] = {_rebuild_tensor_v2, _rebuild_tensor_v3}
-
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): collections.defaultdict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "list"): list,
-    ("builtins", "dict"): dict,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "bytes"): bytes,
-    ("builtins", "slice"): slice,
-    ("builtins", "range"): range,
-    ("builtins", "float"): float,
-    ("builtins", "int"): int,
-    ("builtins", "str"): str,
-    ("builtins", "bool"): bool,
+_SAFE_FUNCTIONS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): SafeOrderedDict,
+    ("collections", "defaultdict"): _safe_defaultdict,
+    ("builtins", "set"): _safe_set,
+    ("builtins", "frozenset"): _safe_frozenset,
+    ("builtins", "complex"): _safe_complex,
+    ("builtins", "bytearray"): _safe_bytearray,
+    ("builtins", "bytes"): _safe_bytes,
+    ("builtins", "slice"): _safe_slice,
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,
     ("datetime", "time"): datetime.time,
@@ -296,31 +487,18 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _codecs_encode,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
 }
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """numpy's own reconstructors: they only build arrays/dtypes from bytes (no code runs)."""
-    import numpy as np
-    from numpy.lib import format as _fmt  # noqa: F401 - ensures numpy core is importable
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    entries: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        entries[(mod, "_reconstruct")] = multiarray._reconstruct
-        entries[(mod, "scalar")] = multiarray.scalar
-    for mod in ("numpy.dtypes", "numpy"):
-        for dtype_class in ("Float64DType", "Float32DType", "Int64DType", "Int32DType",
-                            "UInt32DType", "UInt8DType", "BoolDType", "Float16DType"):
-            if hasattr(np, "dtypes") and hasattr(np.dtypes, dtype_class):
-                entries[(mod, dtype_class)] = getattr(np.dtypes, dtype_class)
-    return entries
-
-
-_SAFE_GLOBALS.update(_numpy_globals())
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    key: SafeCallable(f"{key[0]}.{key[1]}", func) for key, func in _SAFE_FUNCTIONS.items()
+}
+_SAFE_GLOBALS[("numpy", "ndarray")] = _NDARRAY_MARKER
+_REBUILD_FUNCTIONS = frozenset({_SAFE_GLOBALS[("torch._utils", "_rebuild_tensor_v2")],
+                                _SAFE_GLOBALS[("torch._utils", "_rebuild_tensor_v3")]})
 
 
 # --- the unpickler -----------------------------------------------------------------------
@@ -336,13 +514,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.dangerous: list[str] = []
         self.unknown: set[str] = set()
         self._persistent = persistent_load
+        self._inert: dict[tuple[str, str], type[InertObject]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise CorruptCheckpointError("pickle names a global with a non-string name")
+        if len(module) + len(name) > 512 or not (module + name).isprintable():
+            raise CorruptCheckpointError("pickle names a global with a malformed name")
         if is_dangerous_global(module, name):  # checked on the raw name too
             self.dangerous.append(f"{module}.{name}")
-            return inert_type(module, name)
+            return self._inert_type(module, name)
         # Protocol 0-2 pickles use Python 2 names; an overridden find_class sees them raw.
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -353,7 +534,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return safe
         if is_dangerous_global(module, name):
             self.dangerous.append(f"{module}.{name}")
-            return inert_type(module, name)
+            return self._inert_type(module, name)
         if module == "torch":
             if name in DTYPES_BY_STORAGE_CLASS:
                 return StorageType(DTYPES_BY_STORAGE_CLASS[name])
@@ -361,8 +542,17 @@ class RestrictedUnpickler(pickle.Unpickler):
                 return TorchDType(name)
         if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage"):
             return StorageType(None)
-        self.unknown.add(f"{module}.{name}")
-        return inert_type(module, name)
+        if len(self.unknown) < 1000:
+            self.unknown.add(f"{module}.{name}")
+        return self._inert_type(module, name)
+
+    def _inert_type(self, module: str, name: str) -> type[InertObject]:
+        key = (module, name)
+        if key not in self._inert:
+            if len(self._inert) >= 50_000:
+                raise CorruptCheckpointError("pickle names more than 50,000 different classes")
+            self._inert[key] = inert_type(module, name)
+        return self._inert[key]
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
@@ -375,19 +565,22 @@ def restricted_load(
 ) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle ``data`` safely. Raises ``UnsafePickleError`` when dangerous globals appear."""
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    start = stream.tell()
+    guard_pickle(stream, is_dangerous_global)  # nothing is built from a pickle that fails it
+    stream.seek(start)
     unpickler = RestrictedUnpickler(stream, persistent_load)
     try:
         obj = unpickler.load()
-    except (UnsafePickleError, CorruptCheckpointError, UnsupportedCheckpointError):
-        raise
-    except RecursionError as exc:
-        raise CorruptCheckpointError("pickle nests too deeply") from exc
-    except MemoryError as exc:
-        raise CorruptCheckpointError("pickle asks for more memory than it can hold") from exc
-    except Exception as exc:  # any parse failure of hostile bytes is a corrupt file
-        if unpickler.dangerous:
+    except Exception as exc:  # any failure on hostile bytes is a corrupt file...
+        if unpickler.dangerous:  # ...but a dangerous global seen on the way is named first
             raise UnsafePickleError(unpickler.dangerous) from exc
-        raise CorruptCheckpointError(f"unreadable pickle ({type(exc).__name__}: {exc})") from exc
+        if isinstance(exc, UnsafePickleError | CorruptCheckpointError | UnsupportedCheckpointError):
+            raise
+        if isinstance(exc, RecursionError):
+            raise CorruptCheckpointError("pickle nests too deeply") from exc
+        if isinstance(exc, MemoryError):
+            raise CorruptCheckpointError("pickle asks for more memory than it can hold") from exc
+        raise CorruptCheckpointError(f"unreadable pickle ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if unpickler.dangerous:
         raise UnsafePickleError(unpickler.dangerous)
     return obj, unpickler
