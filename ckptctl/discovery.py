@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .formats.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
 from .formats.torch_formats import sniff_torch, torch_zip_prefix
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -16,6 +18,11 @@ SIDECAR_SUFFIX = ".metadata.yaml"
 TEMP_MARKER = ".ckptctl-tmp"
 #: Extensions that promise a torch checkpoint: such a file that is not one is *reported*.
 SOURCE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
+#: Keras HDF5 sources (legacy ones are converted; Keras 3 ones only described).
+H5_EXTENSIONS = (".h5", ".hdf5")
+#: Formats whose files are never rewritten: ckptctl writes a sidecar only.
+NATIVE_FORMATS = frozenset({"keras3-weights-h5", "keras3-keras"})
+_TF_SHARD = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".hydra", "wandb", ".ipynb_checkpoints"})
 
 
@@ -34,8 +41,10 @@ class Discovery:
 
 
 def stem_of(path: Path) -> str:
+    """``best.ckpt`` -> ``best``; ``model.ckpt`` (a TF prefix) -> ``model``; ``x.weights.h5``
+    -> ``x``; ``x.keras`` keeps its name (``x.keras.metadata.yaml``: no clash with ``x.weights.h5``)."""
     name = path.name
-    for ext in SOURCE_EXTENSIONS:
+    for ext in (WEIGHTS_SUFFIX, *SOURCE_EXTENSIONS, *H5_EXTENSIONS):
         if name.endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)]
     return name
@@ -51,7 +60,7 @@ def outputs_for(source: Path, output_root: Path | None = None, source_root: Path
 
 
 def is_output_or_temp(name: str) -> bool:
-    return name.endswith((WEIGHTS_SUFFIX, SIDECAR_SUFFIX)) or TEMP_MARKER in name
+    return name.endswith(SIDECAR_SUFFIX) or TEMP_MARKER in name
 
 
 def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> Iterator[Path]:
@@ -92,10 +101,25 @@ def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> I
 
 
 def classify(path: Path) -> FoundCheckpoint | None:
-    """What ``path`` is: a torch checkpoint, a broken would-be checkpoint, or nothing (None)."""
+    """What ``path`` is: a checkpoint, a broken would-be checkpoint, or nothing (None).
+
+    A TF-index checkpoint is found through its ``prefix.index`` and named by its prefix; its
+    data shards and the ``checkpoint`` state file are never sources themselves.
+    """
     name = path.name
     if is_output_or_temp(name):
         return None
+    if name.endswith(".index"):
+        from .formats.tf_index import is_tf_index
+
+        return FoundCheckpoint(path.with_name(name[: -len(".index")]), "tf-index") if is_tf_index(path) else None
+    shard = _TF_SHARD.match(name)
+    if shard:
+        prefix = path.with_name(shard.group("prefix"))
+        index = prefix.with_name(prefix.name + ".index")
+        return None if index.exists() else FoundCheckpoint(prefix, "tf-index", f"index file {index.name} is missing")
+    if name.endswith((*H5_EXTENSIONS, ".keras")):
+        return _classify_keras(path, name)
     promised = name.endswith(SOURCE_EXTENSIONS)
     try:
         with open(path, "rb") as handle:
@@ -120,10 +144,32 @@ def classify(path: Path) -> FoundCheckpoint | None:
     return FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
 
 
+def _classify_keras(path: Path, name: str) -> FoundCheckpoint | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        return FoundCheckpoint(path, None, f"cannot read ({exc.strerror})")
+    if name.endswith(".keras"):
+        kind = keras_zip_kind(path)
+    elif head == HDF5_MAGIC:
+        kind = h5_kind(path)
+    else:
+        kind = "broken-h5"
+    if kind in (None, "ckptctl-output"):
+        return None
+    if kind.startswith("broken"):
+        what = "Keras .keras archive" if name.endswith(".keras") else "HDF5 file"
+        return FoundCheckpoint(path, None, f"damaged {what} (truncated?)")
+    return FoundCheckpoint(path, kind)
+
+
 def discover(roots: Iterable[Path], recursive: bool = True) -> Discovery:
     result = Discovery()
+    seen: set[Path] = set()
     for path in iter_files(roots, recursive, result.warnings):
         found = classify(path)
-        if found is not None:
+        if found is not None and found.path not in seen:  # shards of one prefix: once
+            seen.add(found.path)
             result.checkpoints.append(found)
     return result

@@ -24,7 +24,8 @@ class SourceInfo(_Strict):
     format: str = Field(description="torch-zip, torch-legacy, tf-index, keras-h5, …")
     size_bytes: int = Field(ge=0)
     mtime: float = Field(description="POSIX seconds of the source when converted")
-    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$", description="null only with --metadata-only on a fast path")
+    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$", description="over the files' bytes, in order")
+    files: list[str] | None = Field(None, description="a multi-file checkpoint's files (TF-index: index, shards)")
 
 
 class WeightsInfo(_Strict):
@@ -47,6 +48,10 @@ class TrainingInfo(_Strict):
 
 class ModelInfo(_Strict):
     architecture: str | None = None
+    name: str | None = None
+    backend: str | None = None
+    run_name: str | None = Field(None, description="the run folder's name (often encodes the config)")
+    training_config: dict[str, JsonValue] | None = Field(None, description="Keras loss/metrics/optimizer")
     hyper_parameters: dict[str, JsonValue] | None = None
     config: dict[str, JsonValue] | None = Field(None, description="the model section of the Hydra config")
 
@@ -59,6 +64,12 @@ class CheckpointingInfo(_Strict):
     score: float | None = Field(None, description="this checkpoint's value of `monitor`")
     best_model_score: float | None = None
     best_when_saved: bool | None = Field(None, description="this file was the best so far when written (later epochs may beat it)")
+    best_epoch: int | None = None
+    role: str | None = Field(None, description="CheckpointManager folder: last or best")
+    save_counter: int | None = None
+    saved_at: float | None = Field(None, description="POSIX time from the TF checkpoint state file")
+    saved_at_text: str | None = None
+    is_latest: bool | None = Field(None, description="the state file's model_checkpoint_path")
 
 
 class ContentsInfo(_Strict):

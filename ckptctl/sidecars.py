@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -12,22 +11,12 @@ from pydantic import ValidationError
 
 from .errors import SidecarError
 from .schema import Sidecar
+from .sources import fingerprint, sha256_files
 from .yamlio import dump_yaml, load_yaml_file
-
-_HASH_CHUNK = 8 << 20
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(_HASH_CHUNK)
-        view = memoryview(buffer)
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])  # releases the GIL: hashing overlaps other work
-    return digest.hexdigest()
+    return sha256_files([path])
 
 
 def read_sidecar_raw(path: Path) -> dict[str, Any]:
@@ -112,11 +101,11 @@ def sidecar_yaml(sidecar: Sidecar) -> bytes:
 def source_is_stale(sidecar: Sidecar, source: Path) -> str | None:
     """Why ``source`` no longer matches its sidecar (size/mtime), or None when it matches."""
     try:
-        info = source.stat()
+        info = fingerprint(source, sidecar.source.format)
     except OSError:
         return "source file is missing"
-    if info.st_size != sidecar.source.size_bytes:
-        return f"source size changed ({sidecar.source.size_bytes} -> {info.st_size} bytes)"
-    if abs(info.st_mtime - sidecar.source.mtime) > 1e-3:
+    if info.size_bytes != sidecar.source.size_bytes:
+        return f"source size changed ({sidecar.source.size_bytes} -> {info.size_bytes} bytes)"
+    if abs(info.mtime - sidecar.source.mtime) > 1e-3:
         return "source modified since conversion"
     return None

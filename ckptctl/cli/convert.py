@@ -19,9 +19,13 @@ from .output import message, problem
 @click.option("--dry-run", is_flag=True, help="Say what would be converted; write nothing.")
 @click.option("--no-recursive", is_flag=True, help="Only look at the given folder, not below.")
 @click.option("--metadata-only", is_flag=True, help="Write sidecars only, no weights files.")
+@click.option("--keras-model", metavar="MODULE:FUNCTION",
+              help="Build your Keras 3 model with MODULE:FUNCTION and fail a checkpoint unless its "
+                   "converted weights match it variable for variable (imports TensorFlow/Keras).")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
 def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None, force: bool,
-            dry_run: bool, no_recursive: bool, metadata_only: bool, verbose: bool) -> None:
+            dry_run: bool, no_recursive: bool, metadata_only: bool, keras_model: str | None,
+            verbose: bool) -> None:
     """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
 
     Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
@@ -51,7 +55,7 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     for warning in warnings:
         message(f"warning: {warning}")
     options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
-                             recursive=recursive, verbose=verbose)
+                             recursive=recursive, verbose=verbose, keras_model=keras_model)
 
     def report_item(item) -> None:  # type: ignore[no-untyped-def]
         if item.status == "failed":
@@ -63,6 +67,8 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
                 click.echo(f"skipped        {item.source} ({item.reason})")
         else:
             click.echo(f"{item.status:<14} {item.source}")
+            if item.reason and verbose:
+                message(f"note: {item.source}: {item.reason}")
 
     if sys.stderr.isatty() and len(targets) > 1 and not dry_run:
         from rich.console import Console

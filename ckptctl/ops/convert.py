@@ -18,21 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import __version__
-from ..discovery import FoundCheckpoint, classify, discover, outputs_for, stem_of
-from ..errors import CkptError, UnsupportedCheckpointError
-from ..formats.ckptctl_h5 import LAYOUT, LAYOUT_VERSION, TensorToWrite, write_tensors
-from ..formats.tensor import LazyTensor, StorageRef
-from ..formats.torch_formats import TorchFile, open_torch
-from ..metadata import (
-    STATE_DICT_KEYS,
-    Gathered,
-    find_state_dict,
-    gather_from_checkpoint,
-    gather_from_filename,
-    gather_from_hydra,
-    gather_from_logs,
-    unsupported_tensors,
-)
+from ..discovery import NATIVE_FORMATS, FoundCheckpoint, classify, discover, outputs_for, stem_of
+from ..errors import CkptError, OutputConflictError
 from ..schema import SCHEMA_VERSION, Sidecar
 from ..sidecars import (
     fsync_dir,
@@ -43,6 +30,8 @@ from ..sidecars import (
     temp_path_for,
     write_atomic,
 )
+from ..sources import Fingerprint, fingerprint, sha256_files, source_files
+from .plans import Plan, PlanOptions, make_plan, native_weights_info
 
 Status = Literal["converted", "skipped", "failed", "would convert"]
 
@@ -54,6 +43,7 @@ class ConvertOptions:
     metadata_only: bool = False
     recursive: bool = True
     verbose: bool = False
+    keras_model: str | None = None
 
 
 @dataclass
@@ -209,19 +199,20 @@ def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
         sidecar = parse_sidecar(sidecar_path)
     except CkptError:
         return "stale"
-    if sidecar.weights_path is None and not metadata_only:
+    if sidecar.weights_path is None and not metadata_only and sidecar.source.format not in NATIVE_FORMATS:
         return "stale"
     if sidecar.weights_path is not None and not (sidecar_path.parent / sidecar.weights_path).exists():
         return "stale"
     if source_is_stale(sidecar, source) is None:
         return "fresh"
-    info = source.stat()
-    if info.st_size != sidecar.source.size_bytes or sidecar.source.sha256 is None:
+    fmt = sidecar.source.format
+    info = fingerprint(source, fmt)
+    if info.size_bytes != sidecar.source.size_bytes or sidecar.source.sha256 is None:
         return "stale"
-    if not refresh or sha256_file(source) != sidecar.source.sha256:
+    if not refresh or sha256_files(source_files(source, fmt)) != sidecar.source.sha256:
         return "stale"
     refreshed = sidecar.model_copy(update={"source": sidecar.source.model_copy(
-        update={"mtime": info.st_mtime})})
+        update={"mtime": info.mtime})})
     write_atomic(sidecar_path, sidecar_yaml(refreshed))
     return "touched"
 
@@ -229,113 +220,78 @@ def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
 def _write_outputs(target: Target, weights_path: Path, sidecar_path: Path,
                    options: ConvertOptions) -> ItemResult:
     source = target.found.path
-    stat_before = source.stat()
-    checkpoint = open_torch(source)
-    g = Gathered()
-    read_scalar = _scalar_reader(checkpoint)
-    gather_from_checkpoint(checkpoint.obj, source, g, read_scalar)
-    gather_from_logs(source, target.exp_root, g)
-    gather_from_hydra(source, target.exp_root, g)
-    gather_from_filename(source, stem_of(source), g)
-
-    state_key, state_dict = find_state_dict(checkpoint.obj)
-    g.offer("contents.model_weights", state_dict is not None, "checkpoint")
-    if state_dict is None and not options.metadata_only:
-        bad = unsupported_tensors(checkpoint.obj) or unsupported_tensors(
-            _first_mapping(checkpoint.obj, STATE_DICT_KEYS))
-        if bad:
-            raise UnsupportedCheckpointError("cannot convert tensors: " + ", ".join(bad[:5]))
-        raise UnsupportedCheckpointError(
-            "no model state dict found (looked for " + ", ".join(STATE_DICT_KEYS)
-            + " or a bare name->tensor mapping); use --metadata-only for a sidecar alone")
-
+    fmt = target.found.format or ""
+    before = fingerprint(source, fmt)
+    plan = make_plan(source, fmt, target.exp_root,
+                     PlanOptions(metadata_only=options.metadata_only, keras_model=options.keras_model))
+    files = plan.files
     source_hash: dict[str, Any] = {}
-    hasher = threading.Thread(target=_hash_into, args=(source, source_hash), daemon=True)
+    hasher = threading.Thread(target=_hash_into, args=(files, source_hash), daemon=True)
     hasher.start()  # hashing the source overlaps writing the weights (hashlib drops the GIL)
-    weights_info = None
+    weights_info: dict[str, Any] | None = None
+    written_weights: Path | None = None
     weights_tmp = temp_path_for(weights_path)
     try:
-        if state_dict is not None and not options.metadata_only:
-            weights_info = _write_weights(checkpoint, state_dict, state_key, weights_tmp)
+        if plan.write_weights is not None:
+            _refuse_foreign_file(weights_path)
+            weights_info = plan.write_weights(weights_tmp)
+            with open(weights_tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            weights_info["size_bytes"] = weights_tmp.stat().st_size
+            weights_info["sha256"] = sha256_file(weights_tmp)
+            written_weights = weights_path
         hasher.join()
         if "error" in source_hash:
             raise source_hash["error"]
-        if source.stat().st_mtime != stat_before.st_mtime or source.stat().st_size != stat_before.st_size:
+        if fingerprint(source, fmt) != before:
             raise CkptError("source changed while it was being converted; run again")
-        sidecar = _build_sidecar(target, checkpoint, g, stat_before, source_hash["sha256"],
-                                 weights_path if weights_info else None, sidecar_path, weights_info)
-        if weights_info is not None:
+        if plan.native_weights is not None:
+            weights_info = native_weights_info(plan.native_weights)
+            weights_info["size_bytes"] = before.size_bytes
+            weights_info["sha256"] = source_hash["sha256"]
+        described = written_weights or plan.native_weights
+        sidecar = _build_sidecar(target, plan, before, source_hash["sha256"], described,
+                                 sidecar_path, weights_info)
+        if written_weights is not None:
+            _refuse_foreign_file(weights_path)
             os.replace(weights_tmp, weights_path)
             fsync_dir(weights_path.parent)
         write_atomic(sidecar_path, sidecar_yaml(sidecar))  # last: it vouches for the weights
     finally:
         weights_tmp.unlink(missing_ok=True)
-    return ItemResult(source, "converted", None, weights_path if weights_info else None, sidecar_path)
+    note = "; ".join(plan.notes) or None
+    return ItemResult(source, "converted", note, written_weights, sidecar_path)
 
 
-def _hash_into(path: Path, out: dict[str, Any]) -> None:
+def _refuse_foreign_file(weights_path: Path) -> None:
+    """Never replace a weights file ckptctl did not write (e.g. a Keras 3 native one)."""
+    if not weights_path.exists():
+        return
+    from ..formats.keras_files import is_ckptctl_h5
+
     try:
-        out["sha256"] = sha256_file(path)
+        import h5py
+
+        with h5py.File(weights_path, "r") as f:
+            ours = is_ckptctl_h5(f.attrs)
+    except OSError:
+        ours = False
+    if not ours:
+        raise OutputConflictError(f"{weights_path.name} exists and was not written by ckptctl; "
+                                  "not overwritten (move it or convert elsewhere)")
+
+
+def _hash_into(paths: list[Path], out: dict[str, Any]) -> None:
+    try:
+        out["sha256"] = sha256_files(paths)
     except OSError as exc:
         out["error"] = exc
 
 
-def _first_mapping(obj: Any, keys: tuple[str, ...]) -> Any:
-    from ..metadata import as_mapping
-
-    mapping = as_mapping(obj)
-    for key in keys:
-        if mapping is not None and key in mapping:
-            return mapping[key]
-    return None
-
-
-def _scalar_reader(checkpoint: TorchFile) -> Callable[[LazyTensor], Any]:
-    def read(tensor: LazyTensor) -> Any:
-        try:
-            return tensor.read(checkpoint, checkpoint.big_endian).reshape(-1)[0].item()
-        except CkptError:
-            return None
-
-    return read
-
-
-def _write_weights(checkpoint: TorchFile, state_dict: Any, state_key: str | None,
-                   tmp: Path) -> dict[str, Any]:
-    checked: set[str] = set()
-
-    def loader(tensor: LazyTensor) -> Callable[[], Any]:
-        def load() -> Any:
-            ref: StorageRef = tensor.storage
-            if ref.key not in checked:
-                raw = checkpoint.storage_bytes(ref)
-                checkpoint.check_storage(ref, raw)
-                checked.add(ref.key)
-                del raw
-            return tensor.read(checkpoint, checkpoint.big_endian)
-
-        return load
-
-    dtypes: dict[str, int] = defaultdict(int)
-    items = []
-    for name, tensor in state_dict.items():
-        dtypes[tensor.dtype] += 1
-        items.append(TensorToWrite(str(name), tensor.dtype, tensor.shape, tensor.view_key, loader(tensor)))
-    summary = write_tensors(tmp, items, {"source_format": checkpoint.format,
-                                         "writer": f"ckptctl {__version__}"})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    return {
-        "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "size_bytes": tmp.stat().st_size,
-        "sha256": sha256_file(tmp), "tensor_count": summary.tensor_count,
-        "parameter_count": summary.parameter_count, "dtypes": dict(sorted(dtypes.items())),
-        "state_dict_key": state_key,
-    }
-
-
-def _build_sidecar(target: Target, checkpoint: TorchFile, g: Gathered, stat: os.stat_result,
-                   source_sha256: str, weights_path: Path | None, sidecar_path: Path,
+def _build_sidecar(target: Target, plan: Plan, stat: Fingerprint, source_sha256: str,
+                   weights_path: Path | None, sidecar_path: Path,
                    weights_info: dict[str, Any] | None) -> Sidecar:
+    g = plan.gathered
     contents = g.group("contents")
     contents["resumable"] = bool(contents.get("model_weights") and contents.get("optimizer_state"))
     model = g.group("model")
@@ -346,8 +302,10 @@ def _build_sidecar(target: Target, checkpoint: TorchFile, g: Gathered, stat: os.
         "weights_path": os.path.relpath(weights_path, folder) if weights_path else None,
         "exp_name": target.exp_name,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"format": checkpoint.format, "size_bytes": stat.st_size,
-                   "mtime": stat.st_mtime, "sha256": source_sha256},
+        "source": {"format": plan.format, "size_bytes": stat.size_bytes,
+                   "mtime": stat.mtime, "sha256": source_sha256,
+                   "files": [os.path.relpath(f, folder) for f in plan.files]
+                   if plan.files != [target.found.path] else None},
         "weights": weights_info,
         "training": g.group("training"),
         "model": model,

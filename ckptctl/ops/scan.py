@@ -13,8 +13,20 @@ from typing import Literal
 
 from ..discovery import discover, outputs_for
 from ..errors import CkptError
-from ..formats.torch_formats import open_torch
 from ..sidecars import parse_sidecar, source_is_stale
+from ..sources import fingerprint
+
+
+def check_structure(path: Path, fmt: str | None) -> None:
+    """Open a checkpoint's structure (no tensor data): raises ``CkptError`` when broken."""
+    if fmt in ("torch-zip", "torch-legacy"):
+        from ..formats.torch_formats import open_torch
+
+        open_torch(path)
+    elif fmt == "tf-index":
+        from ..formats.tf_index import open_tf_index
+
+        open_tf_index(path)
 
 ScanStatus = Literal["converted", "stale", "not converted", "unreadable"]
 
@@ -43,7 +55,7 @@ def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = T
     report = ScanReport(warnings=found.warnings)
     for item in found.checkpoints:
         try:
-            size = item.path.stat().st_size
+            size = fingerprint(item.path, item.format).size_bytes
         except OSError:
             size = 0
         _, sidecar_path = outputs_for(item.path)
@@ -52,7 +64,7 @@ def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = T
             row.status, row.reason = "unreadable", item.problem
         elif check_contents:
             try:
-                open_torch(item.path)
+                check_structure(item.path, item.format)
             except CkptError as exc:
                 row.status, row.reason = "unreadable", exc.message
         if row.status != "unreadable" and sidecar_path.exists():

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..discovery import SIDECAR_SUFFIX, TEMP_MARKER, discover, iter_files, outputs_for
 from ..errors import CkptError
 from ..sidecars import parse_sidecar, sha256_file, source_is_stale
+from ..sources import fingerprint, sha256_files, source_files
 
 
 @dataclass
@@ -72,14 +73,19 @@ def check_sidecar(sidecar_path: Path, deep: bool, strict: bool = False) -> list[
     problems = []
     folder = sidecar_path.parent
     source = folder / sidecar.checkpoint_path
-    if not source.exists():
+    fmt = sidecar.source.format
+    try:
+        now = fingerprint(source, fmt)
+    except OSError:
+        now = None
+    if now is None:
         problems.append(f"checkpoint {sidecar.checkpoint_path} is missing")
     else:
         stale = source_is_stale(sidecar, source)
-        if source.stat().st_size != sidecar.source.size_bytes:
+        if now.size_bytes != sidecar.source.size_bytes:
             problems.append(f"checkpoint {sidecar.checkpoint_path} size differs from the sidecar "
                             "(stale: run ckptctl convert)")
-        elif deep and sidecar.source.sha256 and sha256_file(source) != sidecar.source.sha256:
+        elif deep and sidecar.source.sha256 and sha256_files(source_files(source, fmt)) != sidecar.source.sha256:
             problems.append(f"checkpoint {sidecar.checkpoint_path} does not match its sha256 "
                             "(stale: run ckptctl convert)")
         elif stale and strict:

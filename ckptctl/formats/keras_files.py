@@ -1,0 +1,57 @@
+"""Recognising Keras files (HDF5 and ``.keras`` zips) by content, without importing Keras.
+
+Kinds:
+  keras2-h5-model    ``model.save("m.h5")``: root attrs keras_version/backend/model_config,
+                     weights under ``model_weights/``
+  keras2-h5-weights  ``model.save_weights("w.h5")``: root attrs layer_names, one group a layer
+  keras3-weights-h5  Keras 3 ``save_weights("x.weights.h5")``: ``layers/…/vars/<i>`` groups
+  keras3-keras       Keras 3 ``model.save("x.keras")``: a zip with config.json + model.weights.h5
+  ckptctl-output     a weights file ckptctl wrote (root attr ``writer`` = "ckptctl …")
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def is_ckptctl_h5(attrs: object) -> bool:
+    get = getattr(attrs, "get", None)
+    if get is None:
+        return False
+    writer = get("writer", "")
+    writer = writer.decode() if isinstance(writer, bytes) else str(writer)
+    return writer.startswith("ckptctl") or get("layout") == "ckptctl-tensors"
+
+
+def h5_kind(path: Path) -> str | None:
+    """The kind of an HDF5 file (see module doc), or None for HDF5 that is not Keras'."""
+    import h5py  # h5py is a core dependency; imported here to keep discovery of torch fast
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            if is_ckptctl_h5(attrs):
+                return "ckptctl-output"
+            if "model_weights" in f or ("keras_version" in attrs and "model_config" in attrs):
+                return "keras2-h5-model"
+            if "layer_names" in attrs:
+                return "keras2-h5-weights"
+            if "layers" in f or "vars" in f:
+                return "keras3-weights-h5"
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return "broken-h5"
+    return None
+
+
+def keras_zip_kind(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return "broken-keras"
+    if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
+        return "keras3-keras"
+    return None
