@@ -4,12 +4,13 @@ The Python API is small and imports no ML framework until asked:
 
     ckptctl.load_weights(path)      -> dict[str, numpy.ndarray]   (no torch needed)
     ckptctl.load_state_dict(path)   -> dict[str, torch.Tensor]    (ready for load_state_dict)
+    ckptctl.find_checkpoint_for_loading(path) -> (path, kind)     (prefer the converted file)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 __version__ = "0.1.0"
 
@@ -56,4 +57,54 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return result
 
 
-__all__ = ["__version__", "load_state_dict", "load_weights"]
+class FoundForLoading(NamedTuple):
+    path: Path
+    #: "keras3" (Keras 3 loads it), "ckptctl-tensors", "tf-index" (legacy prefix),
+    #: "keras-h5", "torch", or None when nothing exists at or next to ``path``
+    kind: str | None
+
+
+_LEGACY_SUFFIXES = (".ckpt", ".h5", ".hdf5", ".pt", ".pth", ".bin")
+
+
+def find_checkpoint_for_loading(path: str | Path) -> FoundForLoading:
+    """The best file to load for ``path``: its converted ``<stem>.weights.h5`` when present,
+    else the legacy checkpoint (a TF prefix such as ``model.ckpt`` with ``.index``/``.data-*``,
+    a Keras 2 ``.h5`` or a torch file).
+
+    ``path`` may name either form: ``run/model.ckpt`` or ``run/model.weights.h5``. Mirrors the
+    fallback Keras 3 users wrote by hand after the upgrade (seed 000), without importing Keras.
+    """
+    path = Path(path)
+    name = path.name
+    if name.endswith(".weights.h5"):
+        stem = name[: -len(".weights.h5")]
+        weights = path
+        legacy = [path.with_name(stem + suffix) for suffix in _LEGACY_SUFFIXES]
+    else:
+        stem = next((name[: -len(s)] for s in _LEGACY_SUFFIXES if name.endswith(s)), name)
+        weights = path.with_name(stem + ".weights.h5")
+        legacy = [path]
+    if weights.is_file():
+        return FoundForLoading(weights, _weights_kind(weights))
+    for candidate in legacy:
+        if candidate.with_name(candidate.name + ".index").is_file():
+            return FoundForLoading(candidate, "tf-index")
+        if candidate.is_file():
+            suffix = candidate.suffix
+            return FoundForLoading(candidate, "keras-h5" if suffix in (".h5", ".hdf5") else "torch")
+    return FoundForLoading(path, None)
+
+
+def _weights_kind(path: Path) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "ckptctl-tensors" if f.attrs.get("layout") == "ckptctl-tensors" else "keras3"
+    except OSError:
+        return "keras3"
+
+
+__all__ = ["FoundForLoading", "__version__", "find_checkpoint_for_loading", "load_state_dict",
+           "load_weights"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .formats.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
 from .formats.torch_formats import sniff_torch, torch_zip_prefix
+from .sources import glob_escape
 
 WEIGHTS_SUFFIX = ".weights.h5"
 SIDECAR_SUFFIX = ".metadata.yaml"
@@ -112,7 +113,12 @@ def classify(path: Path) -> FoundCheckpoint | None:
     if name.endswith(".index"):
         from .formats.tf_index import is_tf_index
 
-        return FoundCheckpoint(path.with_name(name[: -len(".index")]), "tf-index") if is_tf_index(path) else None
+        prefix = path.with_name(name[: -len(".index")])
+        if is_tf_index(path):
+            return FoundCheckpoint(prefix, "tf-index")
+        if any(prefix.parent.glob(glob_escape(prefix.name) + ".data-*-of-*")):
+            return FoundCheckpoint(prefix, "tf-index", f"index file {name} is damaged (truncated?)")
+        return None
     shard = _TF_SHARD.match(name)
     if shard:
         prefix = path.with_name(shard.group("prefix"))
@@ -162,6 +168,13 @@ def _classify_keras(path: Path, name: str) -> FoundCheckpoint | None:
         what = "Keras .keras archive" if name.endswith(".keras") else "HDF5 file"
         return FoundCheckpoint(path, None, f"damaged {what} (truncated?)")
     return FoundCheckpoint(path, kind)
+
+
+def classify_target(path: Path) -> FoundCheckpoint | None:
+    """Like ``classify`` for a path a user named: also a TF prefix, which is not a file."""
+    if not path.exists() and path.with_name(path.name + ".index").exists():
+        return classify(path.with_name(path.name + ".index"))
+    return classify(path)
 
 
 def discover(roots: Iterable[Path], recursive: bool = True) -> Discovery:

@@ -69,9 +69,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def temp_path_for(path: Path) -> Path:
-    from .discovery import TEMP_MARKER
+    """A hidden sibling that every command ignores, keeping the compound suffix
+    (``.weights.h5``: Keras refuses to load a weights file named otherwise)."""
+    from .discovery import SIDECAR_SUFFIX, TEMP_MARKER, WEIGHTS_SUFFIX
 
-    return path.with_name(f".{path.name}{TEMP_MARKER}-{os.getpid()}-{secrets.token_hex(4)}")
+    name = path.name
+    suffix = next((s for s in (WEIGHTS_SUFFIX, SIDECAR_SUFFIX) if name.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    return path.with_name(f".{stem}{TEMP_MARKER}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def fsync_dir(folder: Path) -> None:

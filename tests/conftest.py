@@ -109,3 +109,34 @@ def fresh_bad_inputs(bad_inputs: Built, tmp_path: Path) -> Built:
 def reference_loader() -> Callable[[str | os.PathLike[str]], Any]:
     """``reference_load`` as a fixture, for test modules that should not import conftest."""
     return reference_load
+
+
+# --- TensorFlow / Keras example tree (examples/build_tf_tree.py) ----------------------------
+
+
+def _build_tf_tree(root: Path) -> dict[str, Any]:
+    # Imported on first use only: TensorFlow must not load in workers that never need it.
+    return importlib.import_module("build_tf_tree").build_tf_tree(root)
+
+
+@pytest.fixture(scope="session")
+def tf_tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The legacy TF/Keras checkpoint tree ``(root, manifest)``; shared, do not write to it.
+
+    ``manifest["checkpoints"]`` is keyed by TF prefix (``.../model.ckpt``) or file path; see
+    the module docstring of ``examples/build_tf_tree.py`` for every field.
+    """
+    return _build_once(tmp_path_factory, "tf_tree", _build_tf_tree)
+
+
+@pytest.fixture
+def fresh_tf_tree(tf_tree: Built, tmp_path: Path) -> Built:
+    """A private copy ``(root, manifest)`` of the TF tree (mtimes kept) to write into.
+
+    Manifest paths are relative, so they hold for the copy; the state files inside the tree
+    store paths relative to their directory too, so the copy is self-consistent.
+    """
+    src, manifest = tf_tree
+    root = tmp_path / "tf_outputs"
+    shutil.copytree(src, root, symlinks=True)  # copy2 keeps mtimes; dirs get copystat too
+    return root, manifest

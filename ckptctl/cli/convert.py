@@ -9,8 +9,8 @@ from .output import message, problem
 
 
 @click.command("convert")
-@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Convert one checkpoint file.")
+@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Convert one checkpoint: a file, or a TF prefix such as run/model.ckpt.")
 @click.option("--exp-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Convert every checkpoint of one experiment folder.")
 @click.option("--outputs-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -45,6 +45,11 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     )
 
     recursive = not no_recursive
+    if checkpoint is not None and not (
+        checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".index").exists()
+    ):
+        raise click.BadParameter(f"{checkpoint} does not exist (nor {checkpoint.name}.index)",
+                                 param_hint="'--checkpoint'")
     if checkpoint is not None:
         targets, warnings = targets_for_checkpoint(checkpoint)
     elif exp_dir is not None:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import __version__
-from ..discovery import NATIVE_FORMATS, FoundCheckpoint, classify, discover, outputs_for, stem_of
+from ..discovery import (
+    NATIVE_FORMATS,
+    FoundCheckpoint,
+    classify_target,
+    discover,
+    outputs_for,
+    stem_of,
+)
 from ..errors import CkptError, OutputConflictError
 from ..schema import SCHEMA_VERSION, Sidecar
 from ..sidecars import (
@@ -95,7 +102,7 @@ def experiment_of_file(path: Path) -> Path:
 
 
 def targets_for_checkpoint(path: Path) -> tuple[list[Target], list[str]]:
-    found = classify(path) or FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
+    found = classify_target(path) or FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
     exp_root = experiment_of_file(path)
     return [Target(found, exp_root, exp_root.name)], []
 
@@ -169,12 +176,20 @@ def _convert_one(target: Target, options: ConvertOptions) -> ItemResult:
     try:
         return _write_outputs(target, weights_path, sidecar_path, options)
     except CkptError as exc:
-        return ItemResult(source, "failed", exc.message)
+        return ItemResult(source, "failed", describe_error(exc, source))
     except OSError as exc:
         return ItemResult(source, "failed", _os_reason(exc))
     except Exception as exc:  # a bug must not stop the batch; say so plainly
         return ItemResult(source, "failed", f"internal error ({type(exc).__name__}: {exc}); "
                           "please report it", detail=traceback.format_exc())
+
+
+def describe_error(exc: CkptError, source: Path) -> str:
+    """The reason, naming the damaged file when it is not the checkpoint itself (a shard)."""
+    where = Path(exc.path) if exc.path is not None else None
+    if where is not None and where != source:
+        return f"{where.name}: {exc.message}"
+    return exc.message
 
 
 def _os_reason(exc: OSError) -> str:

@@ -66,7 +66,9 @@ def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = T
             try:
                 check_structure(item.path, item.format)
             except CkptError as exc:
-                row.status, row.reason = "unreadable", exc.message
+                from .convert import describe_error
+
+                row.status, row.reason = "unreadable", describe_error(exc, item.path)
         if row.status != "unreadable" and sidecar_path.exists():
             row.sidecar = str(sidecar_path)
             try:
