@@ -18,12 +18,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(DEMO).tf
 	$(PY) examples/build_example_tree.py $(DEMO)
+	$(PY) examples/build_tf_tree.py $(DEMO).tf && mv $(DEMO).tf/* $(DEMO)/ && rmdir $(DEMO).tf
 	$(CKPT) scan $(DEMO)
 	$(CKPT) convert --outputs-dir $(DEMO)
 	$(CKPT) validate --strict --deep $(DEMO)
 	$(CKPT) catalog $(DEMO) --best val/hmean
+	$(CKPT) catalog $(DEMO) --best val_loss
 
 test: setup
 	$(PY) -m ruff check ckptctl tests benchmarks examples
