@@ -245,15 +245,18 @@ def test_damaged_tf_checkpoint_fails_cleanly(fresh_tf_tree: tuple[Path, dict], d
     assert leftover_temporaries(root) == []
 
 
-def test_tf_conversion_does_not_import_tensorflow(fresh_tf_tree: tuple[Path, dict]) -> None:
+def test_tf_commands_do_not_import_tensorflow(fresh_tf_tree: tuple[Path, dict]) -> None:
     root, _ = fresh_tf_tree
     code = (
         "import sys\n"
         "from ckptctl.cli import main\n"
-        "try:\n"
-        f"    main(['convert', '--outputs-dir', {str(root)!r}])\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code in (0, None), exc.code\n"
+        f"for args in (['scan', {str(root)!r}], ['convert', '--outputs-dir', {str(root)!r}],\n"
+        f"             ['validate', '--strict', '--deep', {str(root)!r}],\n"
+        f"             ['catalog', {str(root)!r}, '--best', 'best_metric']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None) or args[0] == 'scan', (args, exc.code)\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'torch') if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
