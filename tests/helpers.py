@@ -44,3 +44,15 @@ def outputs_exist(source: Path) -> tuple[bool, bool]:
 
 def leftover_temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".ckptctl-tmp" in p.name]
+
+
+def converted_copy(tmp_path_factory: Any, tree: tuple[Path, dict[str, Any]], name: str) -> tuple[Path, dict[str, Any]]:
+    """A private copy of a fixture tree, converted with ``convert --outputs-dir`` (exit 0)."""
+    import shutil
+
+    src, manifest = tree
+    root = tmp_path_factory.mktemp(name) / "outputs"
+    shutil.copytree(src, root)
+    result = run_cli("convert", "--outputs-dir", root)
+    assert result.exit_code == 0, result.output
+    return root, manifest

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import converted_copy
 
 import ckptctl
 from ckptctl.discovery import outputs_for
@@ -37,15 +37,7 @@ def bits(tensor: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def converted_tree(tmp_path_factory: pytest.TempPathFactory, example_tree: tuple[Path, dict]) -> tuple[Path, dict]:
-    import shutil
-
-    src, manifest = example_tree
-    root = tmp_path_factory.mktemp("converted") / "outputs"
-    shutil.copytree(src, root)
-    result = run_cli("convert", "--outputs-dir", root)
-    assert result.exit_code == 0, result.output
-    return root, manifest
-
+    return converted_copy(tmp_path_factory, example_tree, "converted")
 
 def all_checkpoints(manifest: dict) -> list[str]:
     return sorted(manifest["checkpoints"])

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, sidecar_of
+from helpers import converted_copy, sidecar_of
 
 from ckptctl.filename_tokens import parse_filename
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory, example_tree: tuple[Path, dict]) -> tuple[Path, dict]:
-    src, manifest = example_tree
-    root = tmp_path_factory.mktemp("meta") / "outputs"
-    shutil.copytree(src, root)
-    result = run_cli("convert", "--outputs-dir", root)
-    assert result.exit_code == 0, result.output
-    return root, manifest
-
+    return converted_copy(tmp_path_factory, example_tree, "meta")
 
 def lightning_entries(manifest: dict) -> list[tuple[str, dict]]:
     return [(rel, info) for rel, info in sorted(manifest["checkpoints"].items())

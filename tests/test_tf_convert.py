@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from helpers import leftover_temporaries, outputs_exist, run_cli, sidecar_of
+from helpers import converted_copy, leftover_temporaries, outputs_exist, run_cli, sidecar_of
 
 import ckptctl
 from ckptctl.discovery import outputs_for
@@ -31,15 +31,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def converted_tf(tmp_path_factory: pytest.TempPathFactory, tf_tree: tuple[Path, dict]) -> tuple[Path, dict]:
-    import shutil
-
-    src, manifest = tf_tree
-    root = tmp_path_factory.mktemp("tfconv") / "outputs"
-    shutil.copytree(src, root)
-    result = run_cli("convert", "--outputs-dir", root)
-    assert result.exit_code == 0, result.output
-    return root, manifest
-
+    return converted_copy(tmp_path_factory, tf_tree, "tfconv")
 
 def keras3_model(entry: dict[str, Any]) -> Any:
     if str(REPO) not in sys.path:

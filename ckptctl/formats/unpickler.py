@@ -30,7 +30,13 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsafePickleError, UnsupportedCheckpointError
 from .pickle_guard import guard_pickle
-from .tensor import DTYPES_BY_STORAGE_CLASS, DTYPES_BY_TORCH_NAME, LazyTensor, StorageRef
+from .tensor import (
+    DTYPES_BY_STORAGE_CLASS,
+    DTYPES_BY_TORCH_NAME,
+    LazyTensor,
+    StorageRef,
+    _Sealed,
+)
 
 # --- what is refused -------------------------------------------------------------------
 
@@ -168,15 +174,6 @@ def inert_type(module: str, name: str) -> type[InertObject]:
     """A fresh stand-in class (one per unpickler and name: nothing is kept between loads)."""
     safe_name = "".join(c if c.isalnum() else "_" for c in name[:64])
     return type(f"Inert_{safe_name}", (InertObject,), {"_ckpt_module": module[:256], "_ckpt_name": name[:256]})
-
-
-class _Sealed:
-    """Mixin: a pickle's BUILD must not edit ckptctl's records after they were checked."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state: Any) -> None:
-        raise CorruptCheckpointError(f"pickle tries to modify a {type(self).__name__} record")
 
 
 @dataclass(frozen=True, slots=True)
