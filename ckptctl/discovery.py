@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .formats.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
 from .formats.torch_formats import sniff_torch, torch_zip_prefix
 from .sources import glob_escape
+from .walk import (  # noqa: F401 - re-exported: the names every command uses
+    LOCK_SUFFIX,
+    SIDECAR_SUFFIX,
+    TEMP_MARKER,
+    WEIGHTS_SUFFIX,
+    find_sidecars,
+    iter_files,
+)
 
-WEIGHTS_SUFFIX = ".weights.h5"
-SIDECAR_SUFFIX = ".metadata.yaml"
-#: Temporary outputs carry this marker; every command ignores them.
-TEMP_MARKER = ".ckptctl-tmp"
 #: Extensions that promise a torch checkpoint: such a file that is not one is *reported*.
 SOURCE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 #: Keras HDF5 sources (legacy ones are converted; Keras 3 ones only described).
@@ -24,7 +27,6 @@ H5_EXTENSIONS = (".h5", ".hdf5")
 #: Formats whose files are never rewritten: ckptctl writes a sidecar only.
 NATIVE_FORMATS = frozenset({"keras3-weights-h5", "keras3-keras"})
 _TF_SHARD = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
-_SKIP_DIRS = frozenset({".git", "__pycache__", ".hydra", "wandb", ".ipynb_checkpoints"})
 
 
 @dataclass
@@ -61,44 +63,7 @@ def outputs_for(source: Path, output_root: Path | None = None, source_root: Path
 
 
 def is_output_or_temp(name: str) -> bool:
-    return name.endswith(SIDECAR_SUFFIX) or TEMP_MARKER in name
-
-
-def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> Iterator[Path]:
-    """Files below ``roots``; follows directory symlinks once (loops are cut), skips VCS dirs."""
-    visited: set[tuple[int, int]] = set()
-    for root in roots:
-        if root.is_file():
-            yield root
-            continue
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            try:
-                info = folder.stat()
-            except OSError as exc:
-                warnings.append(f"{folder}: cannot read folder ({exc.strerror})")
-                continue
-            ident = (info.st_dev, info.st_ino)
-            if ident in visited:
-                continue  # a symlink loop or a second path to the same folder
-            visited.add(ident)
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError as exc:
-                warnings.append(f"{folder}: cannot read folder ({exc.strerror})")
-                continue
-            subdirs = []
-            for entry in entries:
-                try:
-                    if entry.is_dir():
-                        if recursive and entry.name not in _SKIP_DIRS:
-                            subdirs.append(Path(entry.path))
-                    elif entry.is_file():
-                        yield Path(entry.path)
-                except OSError:
-                    continue
-            stack.extend(reversed(subdirs))
+    return name.endswith((SIDECAR_SUFFIX, LOCK_SUFFIX)) or TEMP_MARKER in name
 
 
 def classify(path: Path) -> FoundCheckpoint | None:

@@ -272,3 +272,14 @@ def test_catalog_never_opens_checkpoints(fresh_tree: tuple[Path, dict]) -> None:
     shutil.rmtree(root / "legacy_format", ignore_errors=True)
     before = json.loads(run_cli("catalog", root, "--format", "json", "--no-cache").stdout)
     assert len(before) == 12
+
+
+def test_exp_name_from_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_small_tree(tmp_path)
+    monkeypatch.chdir(tmp_path / "exp1")
+    assert run_cli("convert", "--checkpoint", "checkpoints/" + source.name).exit_code == 0
+    from helpers import sidecar_of
+
+    assert sidecar_of(source)["exp_name"] == "exp1"
+    assert run_cli("convert", "--exp-dir", ".", "--force").exit_code == 0
+    assert sidecar_of(source)["exp_name"] == "exp1"

@@ -12,8 +12,9 @@ Names are escaped so any string is one HDF5 link name: "%" -> "%25", "/" -> "%2F
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ class WriteSummary:
     parameter_count: int
     stored_bytes: int
     largest_tensor_bytes: int
+    #: dataset path -> crc32 of the bytes written, for ``verify_datasets``
+    checksums: dict[str, int] = field(default_factory=dict)
+
+
+def checksum(values: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8).reshape(-1)) if values.size else 0
+
+
+def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
+    """Read every written dataset back and compare its crc32 with what was written: the
+    weights are committed only when the file on disk holds exactly the source's values."""
+    with h5py.File(path, "r") as f:
+        for dataset_path, expected in checksums.items():
+            values = f[dataset_path][()]
+            if checksum(np.asarray(values)) != expected:
+                raise CkptError(f"verification failed: {dataset_path} read back differently")
 
 
 def write_tensors(
@@ -83,6 +100,7 @@ def write_tensors(
                 raise CkptError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
             dataset = group.create_dataset(link, data=values)
             dataset.attrs["dtype"] = tensor.dtype
+            summary.checksums[dataset.name] = checksum(values)
             summary.parameter_count += int(values.size)
             summary.stored_bytes += int(values.nbytes)
             summary.largest_tensor_bytes = max(summary.largest_tensor_bytes, int(values.nbytes))

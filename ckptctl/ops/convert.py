@@ -7,6 +7,7 @@ the sidecar last, so a sidecar always describes complete weights).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import threading
@@ -17,9 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
+
 from .. import __version__
 from ..discovery import (
+    LOCK_SUFFIX,
     NATIVE_FORMATS,
+    SIDECAR_SUFFIX,
+    TEMP_MARKER,
     FoundCheckpoint,
     classify_target,
     discover,
@@ -27,18 +33,18 @@ from ..discovery import (
     stem_of,
 )
 from ..errors import CkptError, OutputConflictError
+from ..formats.ckptctl_h5 import verify_datasets
 from ..schema import SCHEMA_VERSION, Sidecar
 from ..sidecars import (
     fsync_dir,
     parse_sidecar,
-    sha256_file,
     sidecar_yaml,
     source_is_stale,
     temp_path_for,
     write_atomic,
 )
 from ..sources import Fingerprint, fingerprint, sha256_files, source_files
-from .plans import Plan, PlanOptions, make_plan, native_weights_info
+from .plans import CHECKSUMS, Plan, PlanOptions, make_plan, native_weights_info
 
 Status = Literal["converted", "skipped", "failed", "would convert"]
 
@@ -51,6 +57,7 @@ class ConvertOptions:
     recursive: bool = True
     verbose: bool = False
     keras_model: str | None = None
+    output_dir: Path | None = None
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Target:
     found: FoundCheckpoint
     exp_root: Path
     exp_name: str
+    #: the folder the source tree is mirrored from under ``--output-dir``
+    source_root: Path | None = None
 
 
 @dataclass
@@ -103,13 +112,14 @@ def experiment_of_file(path: Path) -> Path:
 
 def targets_for_checkpoint(path: Path) -> tuple[list[Target], list[str]]:
     found = classify_target(path) or FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
-    exp_root = experiment_of_file(path)
-    return [Target(found, exp_root, exp_root.name)], []
+    exp_root = experiment_of_file(path.absolute())
+    return [Target(found, exp_root, exp_root.name, path.parent)], []
 
 
 def targets_for_exp_dir(exp_dir: Path, recursive: bool) -> tuple[list[Target], list[str]]:
     found = discover([exp_dir], recursive)
-    return [Target(f, exp_dir, exp_dir.name) for f in found.checkpoints], found.warnings
+    name = exp_dir.absolute().name  # `--exp-dir .` names the current folder
+    return [Target(f, exp_dir, name, exp_dir) for f in found.checkpoints], found.warnings
 
 
 def targets_for_outputs_dir(outputs_dir: Path, recursive: bool) -> tuple[list[Target], list[str]]:
@@ -118,7 +128,7 @@ def targets_for_outputs_dir(outputs_dir: Path, recursive: bool) -> tuple[list[Ta
     for item in found.checkpoints:
         relative = item.path.relative_to(outputs_dir)
         exp_root = outputs_dir / relative.parts[0] if len(relative.parts) > 1 else outputs_dir
-        targets.append(Target(item, exp_root, exp_root.name))
+        targets.append(Target(item, exp_root, exp_root.absolute().name, outputs_dir))
     return targets, found.warnings
 
 
@@ -159,11 +169,57 @@ def _name_clashes(targets: list[Target]) -> dict[Path, Path]:
     return clashes
 
 
+def output_paths(target: Target, options: ConvertOptions) -> tuple[Path, Path]:
+    if options.output_dir is None:
+        return outputs_for(target.found.path)
+    return outputs_for(target.found.path, options.output_dir, target.source_root)
+
+
 def _convert_one(target: Target, options: ConvertOptions) -> ItemResult:
     source = target.found.path
-    weights_path, sidecar_path = outputs_for(source)
+    weights_path, sidecar_path = output_paths(target, options)
     if target.found.problem is not None:
         return ItemResult(source, "failed", target.found.problem)
+    if options.dry_run:
+        return _convert_locked(target, options, weights_path, sidecar_path)
+    try:
+        sidecar_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path_for(sidecar_path)), timeout=0)
+        lock.acquire()
+    except Timeout:
+        return ItemResult(source, "skipped", "busy: another ckptctl process is converting it")
+    except OSError as exc:
+        return ItemResult(source, "failed", _os_reason(exc))
+    try:
+        remove_stale_temporaries(sidecar_path)
+        return _convert_locked(target, options, weights_path, sidecar_path)
+    finally:
+        lock.release()
+
+
+def lock_path_for(sidecar_path: Path) -> Path:
+    stem = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
+    return sidecar_path.with_name(f".{stem}{LOCK_SUFFIX}")
+
+
+def remove_stale_temporaries(sidecar_path: Path) -> None:
+    """Temporaries of this checkpoint left by a killed run. Called with the checkpoint's lock
+    held, so no live process can own one of them."""
+    stem = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
+    prefix = f".{stem}{TEMP_MARKER}-"
+    try:
+        entries = list(os.scandir(sidecar_path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _convert_locked(target: Target, options: ConvertOptions, weights_path: Path,
+                    sidecar_path: Path) -> ItemResult:
+    source = target.found.path
     if not options.force and sidecar_path.exists():
         state = _freshness(sidecar_path, source, options.metadata_only, not options.dry_run)
         if state == "fresh":
@@ -252,8 +308,19 @@ def _write_outputs(target: Target, weights_path: Path, sidecar_path: Path,
             weights_info = plan.write_weights(weights_tmp)
             with open(weights_tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+            # Read-back verification and the file's sha256 are two reads of the same bytes:
+            # run them side by side (hashlib releases the GIL).
+            weights_hash: dict[str, Any] = {}
+            hashing = threading.Thread(target=_hash_into, args=([weights_tmp], weights_hash))
+            hashing.start()
+            try:
+                verify_datasets(weights_tmp, weights_info.pop(CHECKSUMS, {}))
+            finally:
+                hashing.join()
+            if "error" in weights_hash:
+                raise weights_hash["error"]
             weights_info["size_bytes"] = weights_tmp.stat().st_size
-            weights_info["sha256"] = sha256_file(weights_tmp)
+            weights_info["sha256"] = weights_hash["sha256"]
             written_weights = weights_path
         hasher.join()
         if "error" in source_hash:

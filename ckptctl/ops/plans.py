@@ -23,7 +23,13 @@ from typing import Any
 from .. import __version__
 from ..discovery import stem_of
 from ..errors import CkptError, UnsupportedCheckpointError
-from ..formats.ckptctl_h5 import LAYOUT, LAYOUT_VERSION, TensorToWrite, write_tensors
+from ..formats.ckptctl_h5 import (
+    LAYOUT,
+    LAYOUT_VERSION,
+    TensorToWrite,
+    verify_datasets,
+    write_tensors,
+)
 from ..formats.keras_layout import KLayer, Unmappable, keras3_mapping, write_keras3_weights
 from ..formats.tensor import LazyTensor, StorageRef
 from ..formats.torch_formats import TorchFile, open_torch
@@ -40,6 +46,8 @@ from ..metadata import (
 )
 from ..sources import source_files
 
+#: key of a writer's result holding dataset -> crc32 still to verify (popped by convert)
+CHECKSUMS = "_checksums"
 KERAS3_LAYOUT = "keras3"
 KERAS3_LAYOUT_VERSION = "1.0"
 WeightsWriter = Callable[[Path], dict[str, Any]]
@@ -142,7 +150,8 @@ def _write_torch_weights(checkpoint: TorchFile, state_dict: Any, state_key: str 
                                          "writer": f"ckptctl {__version__}"})
     return {"layout": LAYOUT, "layout_version": LAYOUT_VERSION,
             "tensor_count": summary.tensor_count, "parameter_count": summary.parameter_count,
-            "dtypes": dict(sorted(dtypes.items())), "state_dict_key": state_key}
+            "dtypes": dict(sorted(dtypes.items())), "state_dict_key": state_key,
+            CHECKSUMS: summary.checksums}
 
 
 # --- Keras layouts ------------------------------------------------------------------------
@@ -152,8 +161,9 @@ def _keras_writer(model: KLayer, source_format: str, options: PlanOptions) -> We
     mapped = keras3_mapping(model)  # raises Unmappable before anything is written
 
     def write(tmp: Path) -> dict[str, Any]:
-        count, elements, _ = write_keras3_weights(
+        count, elements, checksums = write_keras3_weights(
             tmp, model, mapped, {"writer": f"ckptctl {__version__}", "source_format": source_format})
+        verify_datasets(tmp, checksums)  # before Keras reads it: a bad file must not load
         if options.keras_model:
             verify_with_keras_model(options.keras_model, tmp)
         dtypes: dict[str, int] = defaultdict(int)
@@ -175,7 +185,7 @@ def _fallback_writer(items: list[TensorToWrite], source_format: str) -> WeightsW
             dtypes[item.dtype] += 1
         return {"layout": LAYOUT, "layout_version": LAYOUT_VERSION,
                 "tensor_count": summary.tensor_count, "parameter_count": summary.parameter_count,
-                "dtypes": dict(sorted(dtypes.items()))}
+                "dtypes": dict(sorted(dtypes.items())), CHECKSUMS: summary.checksums}
 
     return write
 

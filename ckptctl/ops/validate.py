@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..discovery import SIDECAR_SUFFIX, TEMP_MARKER, discover, iter_files, outputs_for
+from ..discovery import discover, find_sidecars, outputs_for
 from ..errors import CkptError
 from ..sidecars import parse_sidecar, sha256_file, source_is_stale
 from ..sources import fingerprint, sha256_files, source_files
@@ -35,11 +35,6 @@ class ValidateReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def find_sidecars(paths: Iterable[Path], recursive: bool, warnings: list[str]) -> list[Path]:
-    return [p for p in iter_files(paths, recursive, warnings)
-            if p.name.endswith(SIDECAR_SUFFIX) and TEMP_MARKER not in p.name]
 
 
 def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
