@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .formats.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
-from .formats.torch_formats import sniff_torch, torch_zip_prefix
+from .formats.torch_formats import ZIP_ERRORS, sniff_torch, torch_zip_prefix
 from .sources import glob_escape
 from .walk import (  # noqa: F401 - re-exported: the names every command uses
     LOCK_SUFFIX,
@@ -105,7 +105,7 @@ def classify(path: Path) -> FoundCheckpoint | None:
             with zipfile.ZipFile(path) as archive:
                 if torch_zip_prefix(archive.namelist()) is not None:
                     return FoundCheckpoint(path, "torch-zip")
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        except ZIP_ERRORS:
             return FoundCheckpoint(path, "torch-zip", "damaged zip archive (truncated?)") if promised else None
         return FoundCheckpoint(path, None, "zip archive without torch data") if promised else None
     if not promised:

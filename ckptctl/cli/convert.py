@@ -15,6 +15,9 @@ from .output import message, problem
               help="Convert every checkpoint of one experiment folder.")
 @click.option("--outputs-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Convert every checkpoint below an outputs folder (one experiment per subfolder).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write outputs under DIR, mirroring the source tree (for read-only or shared "
+                   "source folders); sidecars point back at the sources.")
 @click.option("--force", is_flag=True, help="Reconvert even when the outputs are up to date.")
 @click.option("--dry-run", is_flag=True, help="Say what would be converted; write nothing.")
 @click.option("--no-recursive", is_flag=True, help="Only look at the given folder, not below.")
@@ -23,7 +26,8 @@ from .output import message, problem
               help="Build your Keras 3 model with MODULE:FUNCTION and fail a checkpoint unless its "
                    "converted weights match it variable for variable (imports TensorFlow/Keras).")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
-def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None, force: bool,
+def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None,
+            output_dir: Path | None, force: bool,
             dry_run: bool, no_recursive: bool, metadata_only: bool, keras_model: str | None,
             verbose: bool) -> None:
     """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
@@ -60,7 +64,8 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     for warning in warnings:
         message(f"warning: {warning}")
     options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
-                             recursive=recursive, verbose=verbose, keras_model=keras_model)
+                             recursive=recursive, verbose=verbose, keras_model=keras_model,
+                             output_dir=output_dir)
 
     def report_item(item) -> None:  # type: ignore[no-untyped-def]
         if item.status == "failed":

@@ -12,7 +12,9 @@ from .output import FORMATS_TABLE_JSON, emit_json, emit_table, human_size, messa
 @click.option("--format", "fmt", type=FORMATS_TABLE_JSON, default="table", show_default=True,
               help="Output format.")
 @click.option("--no-recursive", is_flag=True, help="Only look at the given folders, not below.")
-def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool) -> None:
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Look for outputs under DIR, as written by convert --output-dir.")
+def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool, output_dir: Path | None) -> None:
     """Find checkpoints under PATHS and say what they are.
 
     Each checkpoint is listed with its format, size and status: converted, stale (the
@@ -22,7 +24,7 @@ def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool) -> None:
     """
     from ..ops.scan import scan
 
-    report = scan(paths, recursive=not no_recursive)
+    report = scan(paths, recursive=not no_recursive, output_dir=output_dir)
     for warning in report.warnings:
         message(f"warning: {warning}")
     if fmt == "json":

@@ -41,16 +41,18 @@ def h5_kind(path: Path) -> str | None:
                 return "keras2-h5-weights"
             if "layers" in f or "vars" in f:
                 return "keras3-weights-h5"
-    except (OSError, ValueError, KeyError, RuntimeError):
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError):
         return "broken-h5"
     return None
 
 
 def keras_zip_kind(path: Path) -> str | None:
+    from .torch_formats import ZIP_ERRORS
+
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except ZIP_ERRORS:
         return "broken-keras"
     if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
         return "keras3-keras"

@@ -183,7 +183,18 @@ def _texts(values: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).tolist()]
 
 
+#: What h5py raises on damaged files (it has no error type of its own).
+H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError)
+
+
 def h5_attrs(path: Path) -> dict[str, Any]:
+    try:
+        return _h5_attrs(path)
+    except H5_ERRORS as exc:
+        raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
+
+
+def _h5_attrs(path: Path) -> dict[str, Any]:
     """keras_version, backend and training_config (parsed JSON) of a Keras 2 HDF5 file."""
     import h5py
 
@@ -221,6 +232,15 @@ def _classes_from_config(config: Any) -> dict[str, str]:
 
 
 def keras_model_from_h5(path: Path) -> KLayer:
+    try:
+        return _keras_model_from_h5(path)
+    except (Unmappable, CorruptCheckpointError):
+        raise
+    except H5_ERRORS as exc:
+        raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
+
+
+def _keras_model_from_h5(path: Path) -> KLayer:
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -260,8 +280,11 @@ def _h5_loader(path: Path, dataset_path: str) -> Any:
     def load() -> np.ndarray:
         import h5py
 
-        with h5py.File(path, "r") as f:
-            values = f[dataset_path][()]
+        try:
+            with h5py.File(path, "r") as f:
+                values = f[dataset_path][()]
+        except H5_ERRORS as exc:
+            raise CorruptCheckpointError(f"damaged dataset {dataset_path} ({str(exc)[:80]})", path) from exc
         return np.asarray(values)
 
     return load

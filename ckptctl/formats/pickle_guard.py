@@ -87,7 +87,7 @@ def guard_pickle(source: bytes | IO[bytes], is_dangerous: Callable[[str, str], b
         if dangerous and not isinstance(exc, UnsafePickleError):
             raise UnsafePickleError(dangerous) from exc
         raise
-    except (ValueError, IndexError, EOFError, UnicodeDecodeError, OverflowError) as exc:
+    except (ValueError, IndexError, EOFError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
         if dangerous:
             raise UnsafePickleError(dangerous) from exc
         raise CorruptCheckpointError(f"unreadable pickle ({exc})") from exc

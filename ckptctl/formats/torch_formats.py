@@ -24,6 +24,10 @@ LEGACY_HEAD = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
 #: A pickle bigger than this (tensors excluded) is not a checkpoint we can hold safely.
 MAX_PICKLE_BYTES = 1 << 30
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+#: What ``zipfile`` raises on damaged archives (no single error type of its own).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, KeyError,
+              UnicodeDecodeError, NotImplementedError, RuntimeError, OverflowError,
+              struct.error, zlib.error, OSError)
 
 
 def sniff_torch(head: bytes) -> str | None:
@@ -105,6 +109,15 @@ def open_torch(path: Path, head: bytes | None = None) -> TorchFile:
 
 
 def _open_zip(path: Path) -> TorchFile:
+    try:
+        return _read_zip(path)
+    except CkptError:
+        raise
+    except ZIP_ERRORS as exc:
+        raise CorruptCheckpointError(f"damaged zip archive ({type(exc).__name__}: {str(exc)[:120]})") from exc
+
+
+def _read_zip(path: Path) -> TorchFile:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:

@@ -20,6 +20,7 @@ import collections
 import datetime
 import io
 import math
+import os
 import pickle
 import re
 from collections.abc import Callable
@@ -557,11 +558,49 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
+class BoundedReader:
+    """A read-only file view whose reads never ask for more than the file still holds.
+
+    A pickle's length fields are attacker-controlled; ``file.read(n)`` may allocate ``n``
+    bytes before discovering the file is shorter. Clamping turns that into a short read,
+    which the (un)pickler reports as truncation.
+    """
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self._handle = handle
+        self._size = size
+
+    def _left(self) -> int:
+        return max(0, self._size - self._handle.tell())
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._left()
+        return self._handle.read(left if n is None or n < 0 else min(n, left))
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = min(self._left(), 1 << 20)  # text-protocol lines are short
+        return self._handle.readline(left if limit < 0 else min(limit, left))
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+
 def restricted_load(
     data: bytes | io.BufferedIOBase, persistent_load: PersistentLoader | None = None
 ) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle ``data`` safely. Raises ``UnsafePickleError`` when dangerous globals appear."""
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    if not isinstance(stream, io.BytesIO | BoundedReader) and hasattr(stream, "fileno"):
+        stream = BoundedReader(stream, os.fstat(stream.fileno()).st_size)
     start = stream.tell()
     guard_pickle(stream, is_dangerous_global)  # nothing is built from a pickle that fails it
     stream.seek(start)

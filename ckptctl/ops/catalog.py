@@ -50,7 +50,7 @@ class Entry:
 
     @property
     def checkpoint(self) -> str:
-        return str(self.sidecar_path.parent / self.doc.get("checkpoint_path", ""))
+        return os.path.normpath(self.sidecar_path.parent / self.doc.get("checkpoint_path", ""))
 
     def as_json(self) -> dict[str, Any]:
         return {**self.doc, "sidecar_path": str(self.sidecar_path)}

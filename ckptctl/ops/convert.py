@@ -249,16 +249,29 @@ def describe_error(exc: CkptError, source: Path) -> str:
 
 
 def _os_reason(exc: OSError) -> str:
+    """One line saying what happened and what to do. HDF5 reports some OS errors as
+    messages without an errno, so the text is consulted too."""
     import errno
 
     where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on device{where}: free space or use --output-dir elsewhere"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"permission denied{where}: the folder is not writable"
-    if exc.errno == errno.ENOENT:
+    text = str(exc)
+    code = exc.errno
+    if code is None:
+        if "No space left" in text:
+            code = errno.ENOSPC
+        elif "Read-only file system" in text:
+            code = errno.EROFS
+        elif "Permission denied" in text:
+            code = errno.EACCES
+    if code == errno.ENOSPC:
+        return f"no space left on device{where}: free space or convert with --output-dir elsewhere"
+    if code == errno.EROFS:
+        return f"read-only file system{where}: convert with --output-dir DIR"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: the folder is not writable; use --output-dir DIR"
+    if code == errno.ENOENT:
         return f"file vanished during conversion{where}"
-    return f"{exc.strerror or exc}{where}"
+    return f"{exc.strerror or text.splitlines()[0] if text else exc}{where}"
 
 
 def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,

@@ -376,8 +376,13 @@ def native_weights_info(path: Path) -> dict[str, Any]:
             elements += int(obj.size)
             dtypes[str(obj.dtype)] += 1
 
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
+    from ..formats.keras_sources import H5_ERRORS
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except H5_ERRORS as exc:
+        raise CkptError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
     return {"layout": KERAS3_LAYOUT, "layout_version": KERAS3_LAYOUT_VERSION,
             "tensor_count": count, "parameter_count": elements, "dtypes": dict(sorted(dtypes.items()))}
 

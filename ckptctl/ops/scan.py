@@ -17,6 +17,14 @@ from ..sidecars import parse_sidecar, source_is_stale
 from ..sources import fingerprint
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
 def check_structure(path: Path, fmt: str | None) -> None:
     """Open a checkpoint's structure (no tensor data): raises ``CkptError`` when broken."""
     if fmt in ("torch-zip", "torch-legacy"):
@@ -50,7 +58,9 @@ class ScanReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = True) -> ScanReport:
+def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = True,
+         output_dir: Path | None = None) -> ScanReport:
+    paths = list(paths)
     found = discover(paths, recursive)
     report = ScanReport(warnings=found.warnings)
     for item in found.checkpoints:
@@ -59,6 +69,9 @@ def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = T
         except OSError:
             size = 0
         _, sidecar_path = outputs_for(item.path)
+        if output_dir is not None:
+            root = next((p for p in paths if p.is_dir() and _is_within(item.path, p)), item.path.parent)
+            _, sidecar_path = outputs_for(item.path, output_dir, root)
         row = ScanRow(str(item.path), item.format, size, "not converted")
         if item.problem is not None:
             row.status, row.reason = "unreadable", item.problem

@@ -1,0 +1,182 @@
+"""Every reader over mutated real fixtures: only ckptctl's own errors escape, within time
+and memory bounds (hypothesis in-process; a seeded mutation loop in a memory-capped child)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckptctl.errors import CkptError
+
+FUZZ_SETTINGS = settings(max_examples=40, deadline=5000, derandomize=True,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                HealthCheck.too_slow])
+
+
+@st.composite
+def mutations(draw: st.DrawFn, data: bytes) -> bytes:
+    kind = draw(st.sampled_from(["flip", "truncate", "splice", "zero-run"]))
+    if not data:
+        return draw(st.binary(max_size=64))
+    position = draw(st.integers(0, len(data) - 1))
+    if kind == "flip":
+        mutated = bytearray(data)
+        mutated[position] ^= draw(st.integers(1, 255))
+        return bytes(mutated)
+    if kind == "truncate":
+        return data[:position]
+    if kind == "splice":
+        return data[:position] + draw(st.binary(min_size=1, max_size=32)) + data[position:]
+    length = draw(st.integers(1, 64))
+    return data[:position] + b"\0" * length + data[position + length:]
+
+
+def exercise(path: Path, fmt: str) -> None:
+    """Everything convert would read from ``path`` (structure, metadata and every tensor)."""
+    from ckptctl.ops.plans import PlanOptions, make_plan
+
+    plan = make_plan(path, fmt, path.parent, PlanOptions())
+    if plan.write_weights is not None:
+        plan.write_weights(path.with_name(path.name + ".out.weights.h5"))
+
+
+def assert_only_ckpt_errors(path: Path, fmt: str) -> None:
+    started = time.monotonic()
+    with contextlib.suppress(CkptError):
+        exercise(path, fmt)
+    assert time.monotonic() - started < 5, "a reader took too long on hostile bytes"
+
+
+def fixture_bytes(root: Path, rel: str) -> bytes:
+    return (root / rel).read_bytes()
+
+
+@pytest.mark.parametrize(("rel", "fmt"), [
+    ("mlp_minloss/checkpoints/epoch=4-step=20-val_loss=0.64.ckpt", "torch-zip"),
+    ("legacy_format/model_legacy.pt", "torch-legacy"),
+    ("dtype_zoo/zoo.pt", "torch-zip"),
+])
+def test_torch_readers_fuzz(example_tree: tuple[Path, dict], tmp_path: Path, rel: str, fmt: str) -> None:
+    original = fixture_bytes(example_tree[0], rel)
+
+    @FUZZ_SETTINGS
+    @given(mutations(original))
+    def run(mutated: bytes) -> None:
+        target = tmp_path / Path(rel).name
+        target.write_bytes(mutated)
+        assert_only_ckpt_errors(target, fmt)
+
+    run()
+
+
+@pytest.mark.parametrize(("rel", "fmt"), [
+    ("keras2_h5/full_model.h5", "keras2-h5-model"),
+    ("keras2_h5/model_01_valloss_1.1496.h5", "keras2-h5-weights"),
+])
+def test_keras_h5_readers_fuzz(tf_tree: tuple[Path, dict], tmp_path: Path, rel: str, fmt: str) -> None:
+    original = fixture_bytes(tf_tree[0], rel)
+
+    @FUZZ_SETTINGS
+    @given(mutations(original))
+    def run(mutated: bytes) -> None:
+        target = tmp_path / Path(rel).name
+        target.write_bytes(mutated)
+        assert_only_ckpt_errors(target, fmt)
+
+    run()
+
+
+def test_tf_index_reader_fuzz(tf_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    source = tf_tree[0] / "keras2_functional"
+    index = (source / "model.ckpt.index").read_bytes()
+    shard = (source / "model.ckpt.data-00000-of-00001").read_bytes()
+
+    @FUZZ_SETTINGS
+    @given(st.sampled_from(["index", "shard"]), st.data())
+    def run(which: str, data: st.DataObject) -> None:
+        folder = tmp_path / "tf"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        mutated = data.draw(mutations(index if which == "index" else shard))
+        (folder / "model.ckpt.index").write_bytes(mutated if which == "index" else index)
+        (folder / "model.ckpt.data-00000-of-00001").write_bytes(mutated if which == "shard" else shard)
+        assert_only_ckpt_errors(folder / "model.ckpt", "tf-index")
+
+    run()
+
+
+def test_sidecar_parser_fuzz(tmp_path: Path) -> None:
+    import torch
+    from helpers import run_cli
+
+    from ckptctl.sidecars import parse_sidecar
+
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, tmp_path / "a.pt")
+    assert run_cli("convert", "--checkpoint", tmp_path / "a.pt").exit_code == 0
+    original = (tmp_path / "a.metadata.yaml").read_bytes()
+
+    @FUZZ_SETTINGS
+    @given(mutations(original))
+    def run(mutated: bytes) -> None:
+        target = tmp_path / "fuzz.metadata.yaml"
+        target.write_bytes(mutated)
+        with contextlib.suppress(CkptError):
+            parse_sidecar(target)
+
+    run()
+
+
+CHILD = r"""
+import json, random, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_fuzz_readers import exercise
+from ckptctl.errors import CkptError
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+cases = json.loads(sys.argv[1]); out = Path(sys.argv[2])
+rng = random.Random(1234)
+worst = 0.0
+for path, fmt in cases:
+    data = Path(path).read_bytes()
+    for i in range(60):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            mutated = mutated[: rng.randrange(len(mutated))]
+        target = out / Path(path).name
+        target.write_bytes(bytes(mutated))
+        start = time.monotonic()
+        try:
+            exercise(target, fmt)
+        except CkptError:
+            pass
+        worst = max(worst, time.monotonic() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"worst_seconds": worst, "peak_rss_kib": peak}))
+"""
+
+
+def test_seeded_mutations_stay_within_memory_and_time(example_tree: tuple[Path, dict],
+                                                      tf_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    cases = [
+        (str(example_tree[0] / "ocr_dbnet_hydra/checkpoints/last.ckpt"), "torch-zip"),
+        (str(example_tree[0] / "legacy_format/model_legacy.pt"), "torch-legacy"),
+        (str(tf_tree[0] / "keras2_h5/full_model.h5"), "keras2-h5-model"),
+    ]
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases), str(tmp_path),
+                           str(Path(__file__).parent)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["worst_seconds"] < 5, report
+    assert report["peak_rss_kib"] < 1_500_000, report  # well inside the 3 GiB cap
