@@ -59,30 +59,16 @@ def fixture_bytes(root: Path, rel: str) -> bytes:
     return (root / rel).read_bytes()
 
 
-@pytest.mark.parametrize(("rel", "fmt"), [
-    ("mlp_minloss/checkpoints/epoch=4-step=20-val_loss=0.64.ckpt", "torch-zip"),
-    ("legacy_format/model_legacy.pt", "torch-legacy"),
-    ("dtype_zoo/zoo.pt", "torch-zip"),
+@pytest.mark.parametrize(("tree", "rel", "fmt"), [
+    ("example_tree", "mlp_minloss/checkpoints/epoch=4-step=20-val_loss=0.64.ckpt", "torch-zip"),
+    ("example_tree", "legacy_format/model_legacy.pt", "torch-legacy"),
+    ("example_tree", "dtype_zoo/zoo.pt", "torch-zip"),
+    ("tf_tree", "keras2_h5/full_model.h5", "keras2-h5-model"),
+    ("tf_tree", "keras2_h5/model_01_valloss_1.1496.h5", "keras2-h5-weights"),
 ])
-def test_torch_readers_fuzz(example_tree: tuple[Path, dict], tmp_path: Path, rel: str, fmt: str) -> None:
-    original = fixture_bytes(example_tree[0], rel)
-
-    @FUZZ_SETTINGS
-    @given(mutations(original))
-    def run(mutated: bytes) -> None:
-        target = tmp_path / Path(rel).name
-        target.write_bytes(mutated)
-        assert_only_ckpt_errors(target, fmt)
-
-    run()
-
-
-@pytest.mark.parametrize(("rel", "fmt"), [
-    ("keras2_h5/full_model.h5", "keras2-h5-model"),
-    ("keras2_h5/model_01_valloss_1.1496.h5", "keras2-h5-weights"),
-])
-def test_keras_h5_readers_fuzz(tf_tree: tuple[Path, dict], tmp_path: Path, rel: str, fmt: str) -> None:
-    original = fixture_bytes(tf_tree[0], rel)
+def test_single_file_readers_fuzz(request: pytest.FixtureRequest, tmp_path: Path, tree: str,
+                                  rel: str, fmt: str) -> None:
+    original = fixture_bytes(request.getfixturevalue(tree)[0], rel)
 
     @FUZZ_SETTINGS
     @given(mutations(original))

@@ -62,6 +62,10 @@ class TorchFile:
     records: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
     refs: dict[str, StorageRef] = field(default_factory=dict)
 
+    def remember(self, ref: StorageRef) -> StorageRef:
+        """One record per storage key: tensors sharing a storage share the record."""
+        return self.refs.setdefault(ref.key, ref)
+
     def storage_bytes(self, ref: StorageRef) -> np.ndarray:
         offset, _length, _ = self._record(ref)
         need = ref.nbytes
@@ -154,12 +158,7 @@ def _read_zip(path: Path) -> TorchFile:
         tf = TorchFile(path=path, format="torch-zip", obj=None, big_endian=byteorder == b"big")
 
         def persistent_load(pid: Any) -> StorageRef:
-            ref, _ = storage_ref_from_pid(pid)
-            known = tf.refs.get(ref.key)
-            if known is not None:
-                return known
-            tf.refs[ref.key] = ref
-            return ref
+            return tf.remember(storage_ref_from_pid(pid)[0])
 
         tf.obj, unpickler = restricted_load(pickle_bytes, persistent_load)
         tf.unknown_globals = unpickler.unknown
@@ -206,11 +205,7 @@ def _open_legacy(path: Path) -> TorchFile:
             ref, view = storage_ref_from_pid(pid, legacy=True)
             if view is not None:
                 raise UnsupportedCheckpointError("legacy storage views are not supported")
-            known = tf.refs.get(ref.key)
-            if known is not None:
-                return known
-            tf.refs[ref.key] = ref
-            return ref
+            return tf.remember(ref)
 
         tf.obj, unpickler = restricted_load(handle, persistent_load)
         tf.unknown_globals = unpickler.unknown
