@@ -160,7 +160,8 @@ def test_read_only_source_tree_with_output_dir(tmp_path: Path, fresh_tree: tuple
     if subprocess.run(["mount", "--bind", str(root), str(read_only)]).returncode != 0:
         pytest.skip("cannot bind-mount")
     try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(read_only)], check=True)
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(read_only)]).returncode != 0:
+            pytest.skip("cannot remount read-only")
         refused = run_process("convert", "--exp-dir", read_only / "legacy_format")
         assert refused.returncode == 1
         assert all("read-only" in x or "permission denied" in x
