@@ -256,3 +256,52 @@ def test_tf_commands_do_not_import_tensorflow(fresh_tf_tree: tuple[Path, dict]) 
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
     assert all(outputs_exist(root / "keras2_sequential/model.ckpt"))
+
+
+def _write_rnn_checkpoints(folder: Path) -> None:
+    """A Keras 2 LSTM (save_weights) and a Keras 3 LSTM saved with its optimizer inside
+    tf.train.Checkpoint: no Keras 3 layout mapping exists for RNN cells."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    k2 = tf_keras.Sequential([tf_keras.Input((3, 2)), tf_keras.layers.LSTM(4), tf_keras.layers.Dense(1)])
+    k2.compile("adam", "mse")
+    k2.fit(np.ones((4, 3, 2)), np.ones((4, 1)), verbose=0)
+    k2.save_weights(str(folder / "k2_lstm" / "model.ckpt"))
+    k3 = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(4), keras.layers.Dense(1)])
+    optimizer = keras.optimizers.Adam()
+    k3.compile(optimizer, "mse")
+    k3.fit(np.ones((4, 3, 2)), np.ones((4, 1)), verbose=0)
+    tf.train.Checkpoint(model=k3, optimizer=optimizer).write(str(folder / "k3_lstm" / "ckpt-1"))
+
+
+def test_unmappable_models_fall_back_to_the_neutral_layout(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    _write_rnn_checkpoints(tmp_path)
+    result = run_cli("convert", "--outputs-dir", tmp_path, "-v")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("Keras 3 layout not possible") == 2
+    for prefix in (tmp_path / "k2_lstm/model.ckpt", tmp_path / "k3_lstm/ckpt-1"):
+        doc = sidecar_of(prefix)
+        assert doc["weights"]["layout"] == "ckptctl-tensors"
+        arrays = ckptctl.load_weights(outputs_for(prefix)[0])
+        reader = tf.train.load_checkpoint(str(prefix))
+        tensors = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                   if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+        # The 5 model variables (LSTM kernel, recurrent kernel, bias; Dense kernel, bias),
+        # trainable ones included although Keras 3 keys them under optimizer/..., no slots.
+        assert len(arrays) == 5, list(arrays)
+        for name, values in arrays.items():
+            assert any(t.shape == values.shape and np.array_equal(t, values) for t in tensors), name
+        assert any("lstm" in name for name in arrays), list(arrays)
+
+
+def test_run_name_from_a_relative_prefix(fresh_tf_tree: tuple[Path, dict],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = fresh_tf_tree
+    folder = next(root.glob("tf_manager/*/last"))
+    monkeypatch.chdir(folder)
+    assert run_cli("convert", "--checkpoint", "ckpt-777").exit_code == 0
+    assert sidecar_of(folder / "ckpt-777")["model"]["run_name"] == folder.parent.name

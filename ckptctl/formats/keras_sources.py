@@ -148,6 +148,28 @@ def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | N
     return model, None
 
 
+def model_variable_keys(ckpt: TFIndexCheckpoint) -> list[tuple[str, str]] | None:
+    """(full name, checkpoint key) of every variable reachable from the model node without
+    passing through the optimizer; None when the graph has no recognisable model."""
+    graph = ckpt.object_graph()
+    found = find_model_node(graph) if graph is not None else None
+    if graph is None or found is None:
+        return None
+    result: list[tuple[str, str]] = []
+    seen = {found[0]}
+    queue = [found[0]]
+    while queue:
+        node = queue.pop(0)
+        attr = _variable_attr(graph, node)
+        if attr is not None:
+            result.append((attr.full_name or attr.checkpoint_key, attr.checkpoint_key))
+        for name, child in _children(graph, node):
+            if child not in seen and not name.startswith("optimizer"):
+                seen.add(child)
+                queue.append(child)
+    return result
+
+
 def scalar_variables(ckpt: TFIndexCheckpoint) -> dict[str, float | int]:
     """Scalar ``tf.Variable``s attached directly to the checkpoint root (epoch, global_step,
     best_metric, best_epoch, save_counter) and the optimizer's iteration count."""

@@ -349,6 +349,11 @@ def _write_outputs(target: Target, weights_path: Path, sidecar_path: Path,
                                  sidecar_path, weights_info)
         if written_weights is not None:
             _refuse_foreign_file(weights_path)
+            # Retire the old sidecar first: it vouches for the old weights, and a kill between
+            # the two renames must never leave it describing the new ones.
+            if sidecar_path.exists():
+                sidecar_path.unlink()
+                fsync_dir(sidecar_path.parent)
             os.replace(weights_tmp, weights_path)
             fsync_dir(weights_path.parent)
         write_atomic(sidecar_path, sidecar_yaml(sidecar))  # last: it vouches for the weights

@@ -163,15 +163,16 @@ def _keras_writer(model: KLayer, source_format: str, options: PlanOptions) -> We
     def write(tmp: Path) -> dict[str, Any]:
         count, elements, checksums = write_keras3_weights(
             tmp, model, mapped, {"writer": f"ckptctl {__version__}", "source_format": source_format})
-        verify_datasets(tmp, checksums)  # before Keras reads it: a bad file must not load
         if options.keras_model:
+            verify_datasets(tmp, checksums)  # before Keras reads it: a bad file must not load
             verify_with_keras_model(options.keras_model, tmp)
+            checksums = {}
         dtypes: dict[str, int] = defaultdict(int)
         for item in mapped:
             dtypes[item.variable.dtype] += 1
         return {"layout": KERAS3_LAYOUT, "layout_version": KERAS3_LAYOUT_VERSION,
                 "tensor_count": count, "parameter_count": elements,
-                "dtypes": dict(sorted(dtypes.items()))}
+                "dtypes": dict(sorted(dtypes.items())), CHECKSUMS: checksums}
 
     return write
 
@@ -239,7 +240,8 @@ def _tf_plan(prefix: Path, exp_root: Path, options: PlanOptions) -> Plan:
     g.offer("contents.optimizer_state", any(_OPTIMIZER_KEY.search(k) for k in keys), src)
     g.offer("contents.lr_scheduler_state", False, src)
     g.offer("contents.rng_state", any("rng" in k.lower() for k in keys), src)
-    role = prefix.parent.name if prefix.parent.name in ("last", "best", "latest") else None
+    folder_name = prefix.absolute().parent.name
+    role = folder_name if folder_name in ("last", "best", "latest") else None
     if role:
         g.offer("checkpointing.role", role, "folder name")
     state = read_state_file(prefix.parent)
@@ -250,30 +252,39 @@ def _tf_plan(prefix: Path, exp_root: Path, options: PlanOptions) -> Plan:
             g.offer("checkpointing.saved_at", float(stamps[paths.index(prefix.name)]), "checkpoint state file")
         g.offer("checkpointing.is_latest", Path(state.get("model_checkpoint_path") or "").name == prefix.name,
                 "checkpoint state file")
-    run_folder = prefix.parent.parent if role else prefix.parent
-    if run_folder != exp_root.parent:
+    absolute = prefix.absolute()
+    run_folder = absolute.parent.parent if role else absolute.parent
+    if run_folder.name:
         g.offer("model.run_name", run_folder.name, "folder name")
     _common_sources(prefix, exp_root, g)
     plan = Plan("tf-index", g, source_files(prefix, "tf-index"))
     if options.metadata_only:
         return plan
-    model, why_not = keras_model_from_tf(ckpt)
+    try:
+        model, why_not = keras_model_from_tf(ckpt)
+    except Unmappable as exc:  # e.g. an RNN cell: fall back below
+        model, why_not = None, exc.message
 
     def fallback() -> list[TensorToWrite]:
-        items = []
-        for name, entry in ckpt.entries.items():
-            if name == "_CHECKPOINTABLE_OBJECT_GRAPH" or _OPTIMIZER_KEY.search(name) or \
-                    entry.dtype in ("string",) or name.startswith("save_counter"):
-                continue
-            try:
-                from ..formats.tensor import STORAGE_NUMPY
+        from ..formats.keras_sources import model_variable_keys
+        from ..formats.tensor import STORAGE_NUMPY
 
-                if entry.dtype not in STORAGE_NUMPY:
-                    continue
-            except ImportError:  # pragma: no cover
+        # The model's variables by object-graph reachability (Keras 3 may key trainable
+        # weights under optimizer/_trainable_variables), named by their full names.
+        chosen = model_variable_keys(ckpt)
+        if chosen is None:
+            chosen = [(name, name) for name in ckpt.entries
+                      if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not _OPTIMIZER_KEY.search(name)
+                      and not name.startswith("save_counter")]
+        items, used = [], set()
+        for name, key in chosen:
+            entry = ckpt.entries.get(key)
+            if entry is None or entry.dtype not in STORAGE_NUMPY:
                 continue
-            items.append(TensorToWrite(name, entry.dtype, entry.shape, None,
-                                       lambda n=name: ckpt.read(n)))
+            label = name if name not in used else key
+            used.add(label)
+            items.append(TensorToWrite(label, entry.dtype, entry.shape, None,
+                                       lambda k=key: ckpt.read(k)))
         return items
 
     _choose_keras_or_fallback(plan, model, why_not, fallback, options)
