@@ -319,15 +319,15 @@ def _write_outputs(target: Target, weights_path: Path, sidecar_path: Path,
         if plan.write_weights is not None:
             _refuse_foreign_file(weights_path)
             weights_info = plan.write_weights(weights_tmp)
-            with open(weights_tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            # Read-back verification and the file's sha256 are two reads of the same bytes:
-            # run them side by side (hashlib releases the GIL).
+            # The file's sha256, its read-back verification and its fsync are independent:
+            # hash on a thread (hashlib releases the GIL) while this thread verifies and syncs.
             weights_hash: dict[str, Any] = {}
             hashing = threading.Thread(target=_hash_into, args=([weights_tmp], weights_hash))
             hashing.start()
             try:
                 verify_datasets(weights_tmp, weights_info.pop(CHECKSUMS, {}))
+                with open(weights_tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
             finally:
                 hashing.join()
             if "error" in weights_hash:
