@@ -8,7 +8,6 @@ the rounding it was written with) is recorded as a conflict rather than silently
 
 from __future__ import annotations
 
-import ast
 import csv
 import datetime as _dt
 import math
@@ -285,6 +284,16 @@ def _architecture(config: Mapping[str, Any]) -> str | None:
     return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
 
 
+# Lightning's ModelCheckpoint state key is the repr of a small dict:
+#   ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, ...}
+# Only the two string fields are wanted; they are matched as text, never evaluated.
+_STATE_KEY_FIELD = re.compile(r"""'(monitor|mode)': (['"])(.{0,512}?)\2(?=[,}])""")
+
+
+def _state_key_settings(state_key: str) -> dict[str, str]:
+    return {m.group(1): m.group(3) for m in _STATE_KEY_FIELD.finditer(state_key[:4096])}
+
+
 def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scalar: ScalarReader) -> None:
     callbacks = as_mapping(top.get("callbacks"))
     if callbacks is None:
@@ -295,13 +304,7 @@ def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scal
         state_map = as_mapping(state)
         if not name.startswith("ModelCheckpoint") or state_map is None:
             continue
-        settings: dict[str, Any] = {}
-        if "{" in name and len(name) < 4096:
-            try:
-                parsed = ast.literal_eval(name[name.index("{"):])
-                settings = parsed if isinstance(parsed, dict) else {}
-            except (ValueError, SyntaxError, RecursionError, MemoryError):
-                settings = {}
+        settings = _state_key_settings(name)
         best_k = as_mapping(state_map.get("best_k_models")) or {}
         mine = any(os.path.basename(str(p)) == path.name for p in best_k)
         found.append((settings, state_map, mine))

@@ -91,3 +91,36 @@ def test_corrupt_errors_are_ckpt_errors(bad_inputs: tuple[Path, dict]) -> None:
     root, _ = bad_inputs
     with pytest.raises(CorruptCheckpointError):
         open_torch(root / "truncated.ckpt")
+
+
+PYTHON_TAG = "!!python/object/apply:os.system ['touch {marker}']"
+
+
+def test_yaml_with_python_tags_runs_nothing(tmp_path: Path) -> None:
+    """Sidecars and the Hydra/hparams files read beside checkpoints are parsed with the safe
+    loader only: a python tag is an error (sidecar) or a skipped file (config), never a call."""
+    import torch
+
+    marker = tmp_path / "PWNED_yaml"
+    exp = tmp_path / "exp"
+    (exp / ".hydra").mkdir(parents=True)
+    (exp / ".hydra" / "config.yaml").write_text(
+        "model:\n  architecture: " + PYTHON_TAG.format(marker=marker) + "\n")
+    (exp / "hparams.yaml").write_text("lr: " + PYTHON_TAG.format(marker=marker) + "\n")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, exp / "a.ckpt")
+    assert run_cli("convert", "--exp-dir", exp).exit_code == 0
+    sidecar = exp / "a.metadata.yaml"
+    sidecar.write_text(sidecar.read_text() + "evil: " + PYTHON_TAG.format(marker=marker) + "\n")
+    result = run_cli("validate", exp)
+    assert result.exit_code == 1 and "not valid YAML" in result.stdout
+    assert run_cli("catalog", exp, "--no-cache").exit_code == 0
+    assert not marker.exists()
+
+
+def test_lightning_state_key_is_read_as_text() -> None:
+    from ckptctl.metadata import _state_key_settings
+
+    key = ("ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "
+           "'every_n_epochs': 1, 'train_time_interval': None}")
+    assert _state_key_settings(key) == {"monitor": "val/hmean", "mode": "max"}
+    assert _state_key_settings("ModelCheckpoint{'monitor': __import__('os').system('x')}") == {}
