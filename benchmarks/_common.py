@@ -166,3 +166,20 @@ def verdict(ok: bool) -> str:
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+# Source of a helper for the in-process phase scripts (run with ``python -c``): the object
+# a dotted "package.module.Class" name refers to, importing the longest module prefix.
+RESOLVE_SOURCE = r"""
+def resolve(dotted):
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+"""

@@ -42,6 +42,7 @@ from typing import Any
 from _common import (
     MB,
     PYTHON,
+    RESOLVE_SOURCE,
     WORK,
     Series,
     ckptctl_exe,
@@ -102,18 +103,7 @@ spent = defaultdict(float)
 missing = []
 main = threading.main_thread()
 
-def resolve(dotted):
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for name in parts[cut:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(dotted)
-
+""" + RESOLVE_SOURCE + r"""
 order = []
 
 def timed(label, *candidates):

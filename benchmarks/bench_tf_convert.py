@@ -60,6 +60,7 @@ from typing import Any
 from _common import (
     MB,
     PYTHON,
+    RESOLVE_SOURCE,
     WORK,
     Series,
     ckptctl_exe,
@@ -158,18 +159,7 @@ missing = []
 order = []
 main = threading.main_thread()
 
-def resolve(dotted):
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for name in parts[cut:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(dotted)
-
+""" + RESOLVE_SOURCE + r"""
 def timed(label, candidate, name_of=None):
     # Wraps "module.or.Class:function"; name_of(args) may refine the label per call.
     owner_name, attr = candidate.split(":")

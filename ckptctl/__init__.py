@@ -36,17 +36,17 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     """
     import torch  # imported only here: the rest of ckptctl runs without torch
 
-    from .formats.ckptctl_h5 import read_tensors, tensor_dtypes
+    from .formats.ckptctl_h5 import read_tensors
     from .formats.tensor import BIT_CAST_DTYPES
 
-    arrays, ties = read_tensors(Path(path), logical=False)
-    dtypes = tensor_dtypes(Path(path))
+    # Logical arrays carry the real dtype (ml_dtypes spells bfloat16/float8 as torch does).
+    arrays, ties = read_tensors(Path(path), logical=True)
     result: dict[str, Any] = {}
     for name, values in arrays.items():
         if name in ties:
             result[name] = result[ties[name]]
             continue
-        dtype = dtypes[name]
+        dtype = values.dtype.name
         if dtype in BIT_CAST_DTYPES:
             # torch has no numpy bfloat16/float8: move the raw bits, then reinterpret them.
             signed = values.view(f"i{values.dtype.itemsize}")

@@ -15,6 +15,15 @@ class CkptError(Exception):
         return f"{self.path}: {self.message}" if self.path is not None else self.message
 
 
+def describe_error(exc: CkptError, source: object) -> str:
+    """The reason, naming the damaged file when it is not the checkpoint itself (a shard)."""
+    if exc.path is not None and str(exc.path) != str(source):
+        from pathlib import Path
+
+        return f"{Path(str(exc.path)).name}: {exc.message}"
+    return exc.message
+
+
 class UnsafePickleError(CkptError):
     """The pickle references callables that could run code; it is refused, never executed."""
 

@@ -6,8 +6,6 @@ import click
 
 from .output import FORMATS_ALL, emit_csv, emit_json, emit_table, fmt_number, message
 
-_FIELD_KEYS = ("exp_name", "epoch", "step", "global_step", "created_at", "path", "checkpoint_path")
-
 
 @click.command("catalog")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
@@ -34,18 +32,10 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
     from ..ops.catalog import all_metric_names, catalog, default_cache_dir
 
     try:
-        result = catalog(paths or (Path("."),), best=best, mode=mode, sort=None,
+        result = catalog(paths or (Path("."),), best=best, mode=mode, sort=sort_key,
                          recursive=not no_recursive, cache_dir=None if no_cache else default_cache_dir())
     except CkptError as exc:
         raise click.ClickException(exc.message) from None
-    if sort_key:
-        known = set(_FIELD_KEYS) | set(all_metric_names(result.entries))
-        if sort_key.lstrip("-").removeprefix("metrics.") not in known:
-            raise click.ClickException(
-                f"unknown sort key {sort_key.lstrip('-')!r}; use one of: " + ", ".join(sorted(known)))
-        from ..ops.catalog import sort_entries
-
-        result.entries = sort_entries(result.entries, sort_key)
     for warning in result.warnings:
         message(f"warning: {warning}")
     if result.left_out:

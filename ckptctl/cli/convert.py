@@ -42,6 +42,7 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
         raise click.UsageError("give exactly one of --checkpoint, --exp-dir or --outputs-dir")
     from ..ops.convert import (
         ConvertOptions,
+        ItemResult,
         convert,
         targets_for_checkpoint,
         targets_for_exp_dir,
@@ -67,7 +68,7 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
                              recursive=recursive, verbose=verbose, keras_model=keras_model,
                              output_dir=output_dir)
 
-    def report_item(item) -> None:  # type: ignore[no-untyped-def]
+    def report_item(item: ItemResult) -> None:
         if item.status == "failed":
             problem(item.source, item.reason or "failed")
             if verbose and item.detail:
@@ -89,16 +90,15 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
                       redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
             task = progress.add_task("converting", total=len(targets))
 
-            def advance(item) -> None:  # type: ignore[no-untyped-def]
+            def advance(item: ItemResult) -> None:
                 report_item(item)
                 progress.advance(task)
 
             report = convert(targets, options, advance)
     else:
         report = convert(targets, options, report_item)
-    summary = (f"found {len(report.items)}, "
-               + ("would convert" if dry_run else "converted") + f" {report.count('would convert') if dry_run else report.count('converted')}, "
-               f"skipped {report.count('skipped')}, failed {report.count('failed')}")
-    message(summary)
+    done = "would convert" if dry_run else "converted"
+    message(f"found {len(report.items)}, {done} {report.count(done)}, "
+            f"skipped {report.count('skipped')}, failed {report.count('failed')}")
     if report.failed:
         raise SystemExit(1)

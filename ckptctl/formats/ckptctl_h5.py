@@ -167,9 +167,3 @@ def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray
                 values = values.view(LOGICAL_NUMPY[dtype])
             arrays[name] = values
     return arrays, ties
-
-
-def tensor_dtypes(path: Path) -> dict[str, str]:
-    with h5py.File(path, "r") as f:
-        group = f["tensors"]
-        return {unescape_name(k): str(group[k].attrs.get("dtype", group[k].dtype.name)) for k in group}

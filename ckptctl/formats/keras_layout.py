@@ -105,9 +105,8 @@ def infer_class(layer: KLayer) -> str:
     kernel = next((v for v in layer.variables if v.name == "kernel"), None)
     if names <= {"kernel", "bias"} and kernel is not None:
         return {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}.get(len(kernel.shape), "")
-    if names == {"gamma", "beta", "moving_mean", "moving_variance"} or names == {
-            "moving_mean", "moving_variance"} | (names & {"gamma", "beta"}):
-        return "BatchNormalization"
+    if {"moving_mean", "moving_variance"} <= names <= set(VARIABLE_ORDER["BatchNormalization"]):
+        return "BatchNormalization"  # gamma/beta are absent with scale/center=False
     if names <= {"gamma", "beta"} and names:
         return "LayerNormalization"
     if names == {"embeddings"}:
@@ -189,7 +188,4 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
             checksums["/" + item.path] = checksum(values)
             count += 1
             elements += int(values.size)
-        # Layer groups are parents of "vars"; every group Keras walks must exist.
-        for item in mapped:
-            f.require_group(item.path.rsplit("/", 2)[0])
     return count, elements, checksums

@@ -44,29 +44,24 @@ def _children(graph: ObjectGraph, node_id: int) -> list[tuple[str, int]]:
 
 def find_model_node(graph: ObjectGraph) -> tuple[int, str] | None:
     """(node id, "keras2"|"keras3") of the model in the graph: the root itself for Keras 2
-    ``save_weights``, else the nearest child that looks like a Keras model (``model`` first)."""
-    queue = [0]
+    ``save_weights``, else the nearest node (breadth first, at most 3 levels down, never
+    through the optimizer) that looks like a Keras model."""
+    queue = [(0, 0)]
     seen = {0}
-    candidates: list[tuple[int, str, str]] = []
-    depth = {0: 0}
     while queue:
-        node = queue.pop(0)
+        node, depth = queue.pop(0)
         names = {name for name, _ in _children(graph, node)}
         if any(_LAYER_CHILD.match(n) for n in names):
-            candidates.append((node, "keras2", ""))
-        elif "_functional" in names or "_operations" in names:
-            candidates.append((node, "keras3", ""))
-        if candidates or depth[node] >= 3:
+            return node, "keras2"
+        if "_functional" in names or "_operations" in names:
+            return node, "keras3"
+        if depth >= 3:
             continue
         for name, child in _children(graph, node):
-            if child in seen or name.startswith(_SKIP_ROOT_CHILDREN):
-                continue
-            seen.add(child)
-            depth[child] = depth[node] + 1
-            queue.append(child)
-    if not candidates:
-        return None
-    return candidates[0][0], candidates[0][1]
+            if child not in seen and not name.startswith(_SKIP_ROOT_CHILDREN):
+                seen.add(child)
+                queue.append((child, depth + 1))
+    return None
 
 
 def _tf_variable(ckpt: TFIndexCheckpoint, name: str, attr: Any) -> KVariable:

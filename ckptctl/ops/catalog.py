@@ -191,9 +191,17 @@ def catalog(paths: Iterable[Path], best: str | None = None, mode: str | None = N
     return CatalogResult(rows, best, chosen_mode, len(entries) - len(with_metric), warnings)
 
 
+FIELD_KEYS = ("exp_name", "epoch", "step", "global_step", "created_at", "path", "checkpoint_path")
+
+
 def sort_entries(entries: list[Entry], key: str) -> list[Entry]:
+    """Sort by a field or metric name (``-`` prefix: descending); unknown keys are an error
+    listing the ones that exist."""
     descending = key.startswith("-")
     key = key.lstrip("-")
+    known = set(FIELD_KEYS) | set(all_metric_names(entries))
+    if key.removeprefix("metrics.") not in known:
+        raise CkptError(f"unknown sort key {key!r}; use one of: " + ", ".join(sorted(known)))
     present = [e for e in entries if e.field(key) is not None]
     missing = [e for e in entries if e.field(key) is None]
     present.sort(key=lambda e: e.field(key), reverse=descending)

@@ -32,7 +32,7 @@ from ..discovery import (
     outputs_for,
     stem_of,
 )
-from ..errors import CkptError, OutputConflictError
+from ..errors import CkptError, OutputConflictError, describe_error
 from ..formats.ckptctl_h5 import verify_datasets
 from ..schema import SCHEMA_VERSION, Sidecar
 from ..sidecars import (
@@ -142,7 +142,7 @@ def convert(
 ) -> ConvertReport:
     report = ConvertReport()
     targets = list(targets)
-    clashes = _name_clashes(targets)
+    clashes = _name_clashes(targets, options)
     for target in targets:
         clash = clashes.get(target.found.path)
         if clash is not None:
@@ -157,10 +157,10 @@ def convert(
     return report
 
 
-def _name_clashes(targets: list[Target]) -> dict[Path, Path]:
+def _name_clashes(targets: list[Target], options: ConvertOptions) -> dict[Path, Path]:
     groups: dict[Path, list[Path]] = defaultdict(list)
     for target in targets:
-        groups[outputs_for(target.found.path)[1]].append(target.found.path)
+        groups[output_paths(target, options)[1]].append(target.found.path)
     clashes: dict[Path, Path] = {}
     for paths in groups.values():
         if len(paths) > 1:
@@ -240,14 +240,6 @@ def _convert_locked(target: Target, options: ConvertOptions, weights_path: Path,
                           "please report it", detail=traceback.format_exc())
 
 
-def describe_error(exc: CkptError, source: Path) -> str:
-    """The reason, naming the damaged file when it is not the checkpoint itself (a shard)."""
-    where = Path(exc.path) if exc.path is not None else None
-    if where is not None and where != source:
-        return f"{where.name}: {exc.message}"
-    return exc.message
-
-
 def _os_reason(exc: OSError) -> str:
     """One line saying what happened and what to do. HDF5 reports some OS errors as
     messages without an errno, so the text is consulted too."""
@@ -271,7 +263,8 @@ def _os_reason(exc: OSError) -> str:
         return f"permission denied{where}: the folder is not writable; use --output-dir DIR"
     if code == errno.ENOENT:
         return f"file vanished during conversion{where}"
-    return f"{exc.strerror or text.splitlines()[0] if text else exc}{where}"
+    first_line = text.splitlines()[0] if text else type(exc).__name__
+    return f"{exc.strerror or first_line}{where}"
 
 
 def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..discovery import discover, outputs_for
-from ..errors import CkptError
+from ..errors import CkptError, describe_error
 from ..sidecars import parse_sidecar, source_is_stale
 from ..sources import fingerprint
 
@@ -79,8 +79,6 @@ def scan(paths: Iterable[Path], recursive: bool = True, check_contents: bool = T
             try:
                 check_structure(item.path, item.format)
             except CkptError as exc:
-                from .convert import describe_error
-
                 row.status, row.reason = "unreadable", describe_error(exc, item.path)
         if row.status != "unreadable" and sidecar_path.exists():
             row.sidecar = str(sidecar_path)
