@@ -135,7 +135,7 @@ C = "ckptctl.ops.convert"
 timed("plan: open checkpoint, gather metadata", f"{C}:make_plan", f"{C}:open_torch")
 timed("write weights total (crc32 + h5py)", "ckptctl.ops.plans:_write_torch_weights",
       f"{C}:_write_weights")
-timed("  of which crc32 check of storages", "ckptctl.formats.torch_formats.TorchFile:check_storage")
+timed("  of which crc32 check of storages", "ckptctl.readers.torch_files.TorchFile:check_storage")
 timed("  of which h5py create_dataset", "h5py.Group:create_dataset")
 timed("sha256 (source on its thread; new weights beside read-back)", f"{C}:_hash_into")
 timed("read-back verification (crc32 per dataset)", f"{C}:verify_datasets")

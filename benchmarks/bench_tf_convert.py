@@ -190,14 +190,14 @@ def hashed(args):
         return "sha256 of the new weights file"
     return "sha256 of the source (index + shards)"
 
-C, P, T = "ckptctl.ops.convert", "ckptctl.ops.plans", "ckptctl.formats.tf_index"
+C, P, T = "ckptctl.ops.convert", "ckptctl.ops.plans", "ckptctl.readers.tf_index"
 timed("plan: open index, object graph, metadata (make_plan)", f"{C}:make_plan")
 timed("write weights (write_keras3_weights)", f"{P}:write_keras3_weights")
 timed("  of which read tensor bytes from the shard", f"{T}.TFIndexCheckpoint:_raw")
 timed("  of which crc32c check of those bytes", f"{T}:_crc")
 timed("  of which h5py create_dataset", "h5py.Group:create_dataset")
 timed("  of which zlib.crc32 of the values (write side and read-back)",
-      "ckptctl.formats.ckptctl_h5:checksum")
+      "ckptctl.layouts.ckptctl_tensors:checksum")
 timed("read back + crc32, in the Keras writer (before fsync)", f"{P}:verify_datasets")
 timed("fsync (weights, sidecar, folders)", "os:fsync")
 timed("read back + crc32, in convert (after fsync, beside the weights hash)",

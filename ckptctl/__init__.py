@@ -23,7 +23,7 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
 
     Tied tensors come back as the same array object under each name.
     """
-    from .formats.ckptctl_h5 import read_tensors
+    from .layouts.ckptctl_tensors import read_tensors
 
     arrays, _ = read_tensors(Path(path), logical=True)
     return arrays
@@ -36,8 +36,8 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     """
     import torch  # imported only here: the rest of ckptctl runs without torch
 
-    from .formats.ckptctl_h5 import read_tensors
-    from .formats.tensor import BIT_CAST_DTYPES
+    from .layouts.ckptctl_tensors import read_tensors
+    from .readers.tensor import BIT_CAST_DTYPES
 
     # Logical arrays carry the real dtype (ml_dtypes spells bfloat16/float8 as torch does).
     arrays, ties = read_tensors(Path(path), logical=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
-from .formats.torch_formats import ZIP_ERRORS, sniff_torch, torch_zip_prefix
+from .readers.keras_files import HDF5_MAGIC, h5_kind, keras_zip_kind
+from .readers.torch_files import ZIP_ERRORS, sniff_torch, torch_zip_prefix
 from .sources import glob_escape
 from .walk import (  # noqa: F401 - re-exported: the names every command uses
     LOCK_SUFFIX,
@@ -76,7 +76,7 @@ def classify(path: Path) -> FoundCheckpoint | None:
     if is_output_or_temp(name):
         return None
     if name.endswith(".index"):
-        from .formats.tf_index import is_tf_index
+        from .readers.tf_index import is_tf_index
 
         prefix = path.with_name(name[: -len(".index")])
         if is_tf_index(path):

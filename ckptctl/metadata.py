@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from .filename_tokens import parse_filename
-from .formats.tensor import LazyTensor
-from .formats.unpickler import InertObject, NpArrayRecord, UnsupportedTensor
+from .readers.tensor import LazyTensor
+from .readers.unpickler import InertObject, NpArrayRecord, UnsupportedTensor
 from .yamlio import load_yaml_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")

@@ -9,7 +9,7 @@ import pytest
 from helpers import leftover_temporaries, outputs_exist, run_cli, run_process
 
 from ckptctl.errors import CorruptCheckpointError, UnsafePickleError
-from ckptctl.formats.torch_formats import open_torch
+from ckptctl.readers.torch_files import open_torch
 
 EXPECTED_REASON = {
     "malicious.ckpt": "refused: the pickle references dangerous callables",

@@ -14,7 +14,7 @@ from helpers import converted_copy
 
 import ckptctl
 from ckptctl.discovery import outputs_for
-from ckptctl.formats.ckptctl_h5 import LAYOUT, LAYOUT_VERSION
+from ckptctl.layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 

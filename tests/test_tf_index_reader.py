@@ -27,8 +27,8 @@ import pytest
 from filelock import FileLock
 
 from ckptctl.errors import CkptError, CorruptCheckpointError, UnsupportedCheckpointError
-from ckptctl.formats.tensor import STORAGE_NUMPY
-from ckptctl.formats.tf_index import (
+from ckptctl.readers.tensor import STORAGE_NUMPY
+from ckptctl.readers.tf_index import (
     OBJECT_GRAPH_KEY,
     TFIndexCheckpoint,
     _Table,
@@ -395,7 +395,7 @@ def test_state_file_parsing_is_tolerant(tmp_path: Path) -> None:
 def test_reader_does_not_import_tensorflow(ckpts: Ckpts) -> None:
     script = (
         "import sys, json\n"
-        "from ckptctl.formats.tf_index import open_tf_index, read_state_file, "
+        "from ckptctl.readers.tf_index import open_tf_index, read_state_file, "
         "find_tf_checkpoints\n"
         "for prefix in sys.argv[1:]:\n"
         "    ckpt = open_tf_index(prefix)\n"

@@ -44,10 +44,10 @@ from ckptctl.errors import (
     UnsafePickleError,
     UnsupportedCheckpointError,
 )
-from ckptctl.formats import unpickler as unpickler_module
-from ckptctl.formats.tensor import LazyTensor
-from ckptctl.formats.torch_formats import LEGACY_HEAD, TorchFile, open_torch
-from ckptctl.formats.unpickler import restricted_load
+from ckptctl.readers import unpickler as unpickler_module
+from ckptctl.readers.tensor import LazyTensor
+from ckptctl.readers.torch_files import LEGACY_HEAD, TorchFile, open_torch
+from ckptctl.readers.unpickler import restricted_load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -361,7 +361,7 @@ def run_child(tmp_path: Path, body: str, *args: str | Path,
 
 
 LOAD_IN_CHILD = """
-from ckptctl.formats.unpickler import restricted_load
+from ckptctl.readers.unpickler import restricted_load
 payload = Path(sys.argv[1]).read_bytes()
 before = peak_mib()
 try:
@@ -561,7 +561,7 @@ def test_extension_cache_filled_elsewhere_does_not_run_code(tmp_path: Path) -> N
                             pickle.REDUCE))
     rc, result = run_child(tmp_path, """
         import copyreg, pickle
-        from ckptctl.formats.unpickler import restricted_load
+        from ckptctl.readers.unpickler import restricted_load
         copyreg.add_extension("posix", "system", 0xF2)
         pickle.loads(b"\\x80\\x02\\x82\\xf2.")  # elsewhere: the code is resolved, not called
         try:
@@ -919,7 +919,7 @@ def test_build_mutated_tensor_does_not_crash_the_reader(tmp_path: Path,
         (op_str("stride"), op_tuple(op_int(-(2**40))))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
     rc, result = run_child(tmp_path, """
-        from ckptctl.formats.torch_formats import open_torch
+        from ckptctl.readers.torch_files import open_torch
         try:
             tf = open_torch(Path(sys.argv[1]))
             tf.obj["w"].read(tf)
@@ -1048,7 +1048,7 @@ def test_numpy_dtype_field_offset_cannot_read_out_of_bounds(tmp_path: Path) -> N
     payload.write_bytes(pkl(op_dict((op_str("v"), op_call(
         op_global("numpy.core.multiarray", "scalar"), evil, op_bytes(b"\0" * 8))))))
     rc, result = run_child(tmp_path, """
-        from ckptctl.formats.unpickler import restricted_load
+        from ckptctl.readers.unpickler import restricted_load
         from ckptctl.metadata import to_plain
         try:
             obj, _ = restricted_load(Path(sys.argv[1]).read_bytes())
@@ -1070,7 +1070,7 @@ def test_numpy_builtin_dtype_singleton_cannot_be_mutated(tmp_path: Path) -> None
                                               op_int(0)))))
     rc, result = run_child(tmp_path, """
         import numpy as np
-        from ckptctl.formats.unpickler import restricted_load
+        from ckptctl.readers.unpickler import restricted_load
         try:
             restricted_load(Path(sys.argv[1]).read_bytes())
         except CkptError:
@@ -1131,7 +1131,7 @@ def test_unknown_globals_are_not_retained_after_loading(tmp_path: Path) -> None:
                             pickle.NONE))
     rc, result = run_child(tmp_path, """
         import tracemalloc
-        from ckptctl.formats.unpickler import restricted_load
+        from ckptctl.readers.unpickler import restricted_load
         data = Path(sys.argv[1]).read_bytes()
         tracemalloc.start()
         restricted_load(data)
@@ -1392,7 +1392,7 @@ def test_byteorder_member_is_size_limited(tmp_path: Path, zip_template: bytes) -
     path = write(tmp_path, data)
     assert path.stat().st_size < MIB
     rc, result = run_child(tmp_path, """
-        from ckptctl.formats.torch_formats import open_torch
+        from ckptctl.readers.torch_files import open_torch
         before = peak_mib()
         try:
             open_torch(Path(sys.argv[1]))
@@ -1536,7 +1536,7 @@ def test_convert_reports_hostile_metadata_without_internal_error(tmp_path: Path,
 
 def test_poisoned_state_dict_items_cannot_hide_tensors(tmp_path: Path,
                                                       zip_template: bytes) -> None:
-    from ckptctl.formats.ckptctl_h5 import read_tensors
+    from ckptctl.layouts.ckptctl_tensors import read_tensors
 
     state_dict = (ORDERED + op_str("w") + op_tensor() + pickle.SETITEM
                   + op_build(op_dict((op_str("items"), op_global("builtins", "list")))))
@@ -1568,8 +1568,8 @@ def test_readers_never_import_torch(tmp_path: Path, zip_template: bytes,
     unsafe = tmp_path / "unsafe.pkl"
     unsafe.write_bytes(pkl(op_call(op_global("torch", "load"), op_str("x"))))
     rc, result = run_child(tmp_path, """
-        from ckptctl.formats.torch_formats import open_torch
-        from ckptctl.formats.unpickler import restricted_load
+        from ckptctl.readers.torch_files import open_torch
+        from ckptctl.readers.unpickler import restricted_load
         from ckptctl.ops.convert import ConvertOptions, convert, targets_for_checkpoint
         zip_path, legacy_path, unsafe = map(Path, sys.argv[1:])
         for path in (zip_path, legacy_path):
@@ -1589,8 +1589,8 @@ def test_readers_never_import_torch(tmp_path: Path, zip_template: bytes,
 
 FUZZ = """
 import io, random, zipfile
-from ckptctl.formats.tensor import LazyTensor
-from ckptctl.formats.torch_formats import open_torch
+from ckptctl.readers.tensor import LazyTensor
+from ckptctl.readers.torch_files import open_torch
 template = Path(sys.argv[1]).read_bytes()
 with zipfile.ZipFile(io.BytesIO(template)) as z:
     infos = [(i, z.read(i)) for i in z.infolist()]

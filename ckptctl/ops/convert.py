@@ -33,7 +33,7 @@ from ..discovery import (
     stem_of,
 )
 from ..errors import CkptError, OutputConflictError, describe_error
-from ..formats.ckptctl_h5 import verify_datasets
+from ..layouts.ckptctl_tensors import verify_datasets
 from ..schema import SCHEMA_VERSION, Sidecar
 from ..sidecars import (
     fsync_dir,
@@ -360,7 +360,7 @@ def _refuse_foreign_file(weights_path: Path) -> None:
     """Never replace a weights file ckptctl did not write (e.g. a Keras 3 native one)."""
     if not weights_path.exists():
         return
-    from ..formats.keras_files import is_ckptctl_h5
+    from ..readers.keras_files import is_ckptctl_h5
 
     try:
         import h5py

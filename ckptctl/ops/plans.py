@@ -23,16 +23,16 @@ from typing import Any
 from .. import __version__
 from ..discovery import stem_of
 from ..errors import CkptError, UnsupportedCheckpointError
-from ..formats.ckptctl_h5 import (
+from ..layouts.ckptctl_tensors import (
     LAYOUT,
     LAYOUT_VERSION,
     TensorToWrite,
     verify_datasets,
     write_tensors,
 )
-from ..formats.keras_layout import KLayer, Unmappable, keras3_mapping, write_keras3_weights
-from ..formats.tensor import LazyTensor, StorageRef
-from ..formats.torch_formats import TorchFile, open_torch
+from ..layouts.keras3 import KLayer, Unmappable, keras3_mapping, write_keras3_weights
+from ..readers.tensor import LazyTensor, StorageRef
+from ..readers.torch_files import TorchFile, open_torch
 from ..metadata import (
     STATE_DICT_KEYS,
     Gathered,
@@ -216,8 +216,8 @@ _OPTIMIZER_KEY = re.compile(r"(^|/)(optimizer|\.OPTIMIZER_SLOT)(/|$)")
 
 
 def _tf_plan(prefix: Path, exp_root: Path, options: PlanOptions) -> Plan:
-    from ..formats.keras_sources import keras_model_from_tf, scalar_variables
-    from ..formats.tf_index import open_tf_index, read_state_file
+    from ..readers.keras_model import keras_model_from_tf, scalar_variables
+    from ..readers.tf_index import open_tf_index, read_state_file
 
     ckpt = open_tf_index(prefix)
     g = Gathered()
@@ -266,8 +266,8 @@ def _tf_plan(prefix: Path, exp_root: Path, options: PlanOptions) -> Plan:
         model, why_not = None, exc.message
 
     def fallback() -> list[TensorToWrite]:
-        from ..formats.keras_sources import model_variable_keys
-        from ..formats.tensor import STORAGE_NUMPY
+        from ..readers.keras_model import model_variable_keys
+        from ..readers.tensor import STORAGE_NUMPY
 
         # The model's variables by object-graph reachability (Keras 3 may key trainable
         # weights under optimizer/_trainable_variables), named by their full names.
@@ -295,7 +295,7 @@ def _tf_plan(prefix: Path, exp_root: Path, options: PlanOptions) -> Plan:
 
 
 def _keras_h5_plan(path: Path, fmt: str, exp_root: Path, options: PlanOptions) -> Plan:
-    from ..formats.keras_sources import h5_attrs, keras_model_from_h5
+    from ..readers.keras_model import h5_attrs, keras_model_from_h5
 
     g = Gathered()
     src = "checkpoint"
@@ -387,7 +387,7 @@ def native_weights_info(path: Path) -> dict[str, Any]:
             elements += int(obj.size)
             dtypes[str(obj.dtype)] += 1
 
-    from ..formats.keras_sources import H5_ERRORS
+    from ..readers.keras_model import H5_ERRORS
 
     try:
         with h5py.File(path, "r") as f:

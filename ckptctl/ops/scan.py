@@ -28,11 +28,11 @@ def _is_within(path: Path, folder: Path) -> bool:
 def check_structure(path: Path, fmt: str | None) -> None:
     """Open a checkpoint's structure (no tensor data): raises ``CkptError`` when broken."""
     if fmt in ("torch-zip", "torch-legacy"):
-        from ..formats.torch_formats import open_torch
+        from ..readers.torch_files import open_torch
 
         open_torch(path)
     elif fmt == "tf-index":
-        from ..formats.tf_index import open_tf_index
+        from ..readers.tf_index import open_tf_index
 
         open_tf_index(path)
 

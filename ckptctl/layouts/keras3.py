@@ -166,7 +166,7 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
     """Write ``mapped`` in Keras 3's layout. Returns (tensor count, elements, checksums)."""
     import h5py
 
-    from .ckptctl_h5 import checksum
+    from .ckptctl_tensors import checksum
 
     count = elements = 0
     checksums: dict[str, int] = {}

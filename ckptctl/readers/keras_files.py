@@ -47,7 +47,7 @@ def h5_kind(path: Path) -> str | None:
 
 
 def keras_zip_kind(path: Path) -> str | None:
-    from .torch_formats import ZIP_ERRORS
+    from .torch_files import ZIP_ERRORS
 
     try:
         with zipfile.ZipFile(path) as archive:

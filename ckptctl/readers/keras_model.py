@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptCheckpointError
-from .keras_layout import KLayer, KVariable, Unmappable
+from ..layouts.keras3 import KLayer, KVariable, Unmappable
 from .tensor import STORAGE_NUMPY
 from .tf_index import ObjectGraph, TFIndexCheckpoint
 

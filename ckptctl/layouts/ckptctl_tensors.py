@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import CkptError
-from .tensor import BIT_CAST_DTYPES, LOGICAL_NUMPY, STORAGE_NUMPY
+from ..readers.tensor import BIT_CAST_DTYPES, LOGICAL_NUMPY, STORAGE_NUMPY
 
 LAYOUT = "ckptctl-tensors"
 LAYOUT_VERSION = "1.0"
