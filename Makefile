@@ -41,4 +41,4 @@ clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
 
 docs: setup
-	$(PY) -m ckptctl.cli.docs README.md
+	$(PY) tools/cli_docs.py README.md

@@ -1,10 +1,37 @@
-"""Error types. Every expected failure is a ``CkptError`` carrying one readable line."""
+"""Error types. Every expected failure is a ``CkptError`` carrying one readable line and a
+``kind`` (machine-readable, stable: JSON outputs and tests use it, never the wording)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+#: Why something failed. Stable identifiers: documented in the README, exposed in JSON.
+ErrorKind = Literal[
+    "unsafe",          # the pickle would run code: refused, nothing executed
+    "corrupt",         # broken bytes: truncated, bad records, damaged archive
+    "unsupported",     # well-formed, but nothing ckptctl can convert (yet)
+    "unrecognised",    # named like a checkpoint, but no known format
+    "conflict",        # two sources would write the same outputs, or a foreign file is in the way
+    "mismatch",        # the weights do not match --keras-model
+    "changed",         # the source changed while it was being read
+    "verify",          # written weights read back differently
+    "os",              # the operating system refused (space, permissions, missing file)
+    "busy",            # another ckptctl process holds the checkpoint's lock
+    "usage",           # a bad option value
+    "sidecar",         # a sidecar cannot be read or does not match the schema
+    "newer-schema",    # a sidecar written by a newer ckptctl
+    "missing",         # a file a sidecar names is missing
+    "stale",           # a file differs from what its sidecar records
+    "not-converted",   # a checkpoint without a sidecar (validate --strict)
+    "internal",        # a bug in ckptctl: please report it
+]
 
 
 class CkptError(Exception):
     """An expected failure about one file: reported as one line, never as a traceback."""
+
+    kind: ClassVar[ErrorKind] = "corrupt"
 
     def __init__(self, message: str, path: object | None = None) -> None:
         super().__init__(message)
@@ -18,14 +45,14 @@ class CkptError(Exception):
 def describe_error(exc: CkptError, source: object) -> str:
     """The reason, naming the damaged file when it is not the checkpoint itself (a shard)."""
     if exc.path is not None and str(exc.path) != str(source):
-        from pathlib import Path
-
         return f"{Path(str(exc.path)).name}: {exc.message}"
     return exc.message
 
 
 class UnsafePickleError(CkptError):
     """The pickle references callables that could run code; it is refused, never executed."""
+
+    kind = "unsafe"
 
     def __init__(self, globals_found: list[str], path: object | None = None) -> None:
         self.globals_found = sorted(set(globals_found))
@@ -40,14 +67,73 @@ class UnsafePickleError(CkptError):
 class CorruptCheckpointError(CkptError):
     """The file looks like a checkpoint but its bytes are broken (truncated, bad records)."""
 
+    kind = "corrupt"
+
 
 class UnsupportedCheckpointError(CkptError):
     """The file is well-formed but holds something ckptctl cannot convert (yet)."""
 
+    kind = "unsupported"
+
+
+class ReadError(CkptError):
+    """The operating system refused to read a file (permissions, vanished, I/O error)."""
+
+    kind = "os"
+
 
 class OutputConflictError(CkptError):
-    """Two sources would write the same output files."""
+    """Two sources would write the same output files, or a foreign file is in the way."""
+
+    kind = "conflict"
+
+
+class KerasModelMismatchError(CkptError):
+    """Converted weights do not line up with the model ``--keras-model`` builds."""
+
+    kind = "mismatch"
+
+
+class SourceChangedError(CkptError):
+    """The source changed while it was being converted."""
+
+    kind = "changed"
+
+
+class VerificationError(CkptError):
+    """Weights just written read back differently from what was meant to be written."""
+
+    kind = "verify"
+
+
+class UsageError(CkptError):
+    """An option value that cannot work (a malformed spec, an unknown sort key)."""
+
+    kind = "usage"
 
 
 class SidecarError(CkptError):
     """A sidecar cannot be read or does not match the schema."""
+
+    kind = "sidecar"
+
+
+class NewerSidecarError(SidecarError):
+    """A sidecar written by a newer ckptctl than this one: never misread or overwritten."""
+
+    kind = "newer-schema"
+
+    def __init__(self, found: str, supported: str, path: object | None = None) -> None:
+        super().__init__(f"written by a newer ckptctl (sidecar schema {found}; this ckptctl "
+                         f"reads up to {supported}): upgrade ckptctl", path)
+        self.found = found
+        self.supported = supported
+
+
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The kind of any exception met while handling one file."""
+    if isinstance(exc, CkptError):
+        return exc.kind
+    if isinstance(exc, OSError):
+        return "os"
+    return "internal"

@@ -1,42 +1,45 @@
 """Gather a checkpoint's metadata from every source available, recording where each came from.
 
-Sources are offered in priority order: the checkpoint's own fields, its ModelCheckpoint
-callback state, the logger's ``metrics.csv``, ``hparams.yaml``, the Hydra config, and the
-file name. The first source to offer a field wins; a later source that disagrees (beyond
-the rounding it was written with) is recorded as a conflict rather than silently dropped.
+Sources are offered in priority order: the checkpoint's own fields (its format's
+``read_metadata``, e.g. Lightning's ModelCheckpoint callback state), the logger's
+``metrics.csv``, ``hparams.yaml``, the Hydra config, and the file name
+(``gather_common``). The first source to offer a field wins; a later source that disagrees
+(beyond the rounding it was written with) is recorded as a conflict rather than silently
+dropped. Field paths are one typed vocabulary (``FieldPath``), checked against the sidecar
+schema by a test and at every call site by the type checker.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Final, Literal, get_args
 
 from .filename_tokens import parse_filename
-from .readers.tensor import LazyTensor
-from .readers.unpickler import InertObject, NpArrayRecord, UnsupportedTensor
 from .yamlio import load_yaml_file
 
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
-_OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "optimizers")
-_SCHEDULER_KEYS = ("lr_schedulers", "lr_scheduler", "scheduler", "scheduler_state_dict", "schedulers")
-_RNG_KEYS = ("rng_state", "np_rng_state", "py_rng_state", "cuda_rng_state", "torch_rng_state",
-             "rng_states", "numpy_rng_state", "python_rng_state", "random_state")
-_EPOCH_KEYS = ("epoch", "epochs", "current_epoch")
-_STEP_KEYS = ("global_step", "step", "iteration", "iter", "steps")
+#: Every sidecar field a gatherer may offer (``group.field``); metrics use ``offer_metric``.
+FieldPath = Literal[
+    "training.epoch", "training.global_step", "training.framework", "training.framework_version",
+    "model.architecture", "model.name", "model.backend", "model.run_name",
+    "model.training_config", "model.hyper_parameters", "model.config",
+    "checkpointing.monitor", "checkpointing.mode", "checkpointing.save_top_k",
+    "checkpointing.save_last", "checkpointing.score", "checkpointing.best_model_score",
+    "checkpointing.best_when_saved", "checkpointing.best_epoch", "checkpointing.role",
+    "checkpointing.save_counter", "checkpointing.saved_at", "checkpointing.saved_at_text",
+    "checkpointing.is_latest",
+    "contents.keys", "contents.model_weights", "contents.optimizer_state",
+    "contents.lr_scheduler_state", "contents.rng_state",
+]
+FIELD_PATHS: Final[frozenset[str]] = frozenset(get_args(FieldPath))
+GROUPS: Final = ("training", "model", "checkpointing", "contents", "metrics")
+_METRIC_PREFIX = "metrics."
 _ARCH_KEYS = ("architecture_name", "architecture", "arch", "model_name", "model_type", "model", "name")
-_METRIC_DICT = re.compile(r"(metrics?|stats|scores|results)$", re.IGNORECASE)
-_MAX_PLAIN_ITEMS = 200
-
-ScalarReader = Callable[[LazyTensor], float | int | bool | None]
 
 
 @dataclass
@@ -48,7 +51,15 @@ class Gathered:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def offer(self, name: str, value: Any, source: str, tolerance: float = 0.0) -> None:
+    def offer(self, name: FieldPath, value: Any, source: str, tolerance: float = 0.0) -> None:
+        if name not in FIELD_PATHS:  # a computed name that slipped past the type checker
+            raise ValueError(f"not a sidecar field: {name!r}")
+        self._offer(name, value, source, tolerance)
+
+    def offer_metric(self, metric: str, value: Any, source: str, tolerance: float = 0.0) -> None:
+        self._offer(_METRIC_PREFIX + metric, value, source, tolerance)
+
+    def _offer(self, name: str, value: Any, source: str, tolerance: float) -> None:
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return
         if name not in self.values:
@@ -60,8 +71,12 @@ class Gathered:
             self.conflicts.append({"field": name, "kept": kept, "kept_from": self.sources[name],
                                    "other": value, "other_from": source})
 
-    def get(self, name: str) -> Any:
+    def get(self, name: FieldPath) -> Any:
         return self.values.get(name)
+
+    def metrics(self) -> dict[str, Any]:
+        cut = len(_METRIC_PREFIX)
+        return {k[cut:]: v for k, v in self.values.items() if k.startswith(_METRIC_PREFIX)}
 
     def group(self, prefix: str) -> dict[str, Any]:
         cut = len(prefix) + 1
@@ -84,255 +99,17 @@ def _agrees(a: Any, b: Any, tolerance: float) -> bool:
     return a == b
 
 
-# --- turning an unpickled object graph into plain data -----------------------------------
-
-
-def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0) -> Any:
-    """JSON/YAML-safe plain data; tensors become scalars (when 1 element) or a summary."""
-    if depth > 12:
-        return "<nested too deeply>"
-    if obj is None or isinstance(obj, bool | str):
-        return obj if not isinstance(obj, str) or len(obj) <= 10_000 else obj[:10_000] + "…"
-    if isinstance(obj, int):
-        return obj if obj.bit_length() <= 64 else f"<int of {obj.bit_length()} bits>"
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, np.generic):
-        return to_plain(obj.item(), read_scalar, depth)
-    if isinstance(obj, LazyTensor):
-        if obj.numel == 1 and read_scalar is not None:
-            return to_plain(read_scalar(obj), read_scalar, depth)
-        return f"<tensor {obj.dtype}{list(obj.shape)}>"
-    if isinstance(obj, np.ndarray):
-        if obj.size <= 16 and obj.dtype.kind in "biuf":
-            return to_plain(obj.tolist(), read_scalar, depth + 1)
-        return f"<ndarray {obj.dtype}{list(obj.shape)}>"
-    if isinstance(obj, Mapping):
-        items = list(obj.items())[:_MAX_PLAIN_ITEMS]
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in items}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [to_plain(v, read_scalar, depth + 1) for v in list(obj)[:_MAX_PLAIN_ITEMS]]
-    if isinstance(obj, InertObject):
-        return inert_to_plain(obj, read_scalar, depth)
-    if isinstance(obj, bytes | bytearray):
-        return f"<{len(obj)} bytes>"
-    if isinstance(obj, NpArrayRecord):
-        return to_plain(obj.array, read_scalar, depth) if obj.array is not None else "<ndarray>"
-    if isinstance(obj, complex):
-        return str(obj)
-    if isinstance(obj, _dt.datetime | _dt.date | _dt.time | _dt.timedelta):
-        return str(obj)
-    return f"<{type(obj).__name__}>"  # never str() an unknown object: it may recurse or blow up
-
-
-def _key(key: Any) -> str:
-    plain = to_plain(key, None, 11)
-    return plain if isinstance(plain, str) else str(plain)[:200]
-
-
-def inert_to_plain(obj: InertObject, read_scalar: ScalarReader | None, depth: int) -> Any:
-    """Readable data from a stand-in: Namespace/AttributeDict/DictConfig become mappings."""
-    state = obj.state
-    if obj.type_name.startswith("omegaconf.") and isinstance(state, dict):
-        content = state.get("_content")
-        if isinstance(content, dict):
-            return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in content.items()}
-        if isinstance(content, list):
-            return [to_plain(v, read_scalar, depth + 1) for v in content]
-        return to_plain(state.get("_val", content), read_scalar, depth + 1)
-    if obj.items:
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in obj.items.items()}
-    if isinstance(state, dict):
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in state.items()
-                if not _key(k).startswith("_")}
-    if obj.list_items:
-        return [to_plain(v, read_scalar, depth + 1) for v in obj.list_items]
-    if obj.type_name.startswith("pathlib.") and obj.args:
-        return "/".join(str(a) for a in obj.args)
-    if obj.type_name.startswith("enum.") or obj.args:
-        return to_plain(obj.args[0], read_scalar, depth + 1) if len(obj.args) == 1 else obj.type_name
-    return f"<{obj.type_name}>"
-
-
-def as_mapping(obj: Any) -> Mapping[Any, Any] | None:
-    if isinstance(obj, Mapping):
-        return obj
-    if isinstance(obj, InertObject):
-        if obj.items:
-            return obj.items
-        if isinstance(obj.state, dict):
-            return obj.state
-    return None
-
-
-def _number(value: Any, read_scalar: ScalarReader | None) -> float | None:
-    if isinstance(value, LazyTensor):
-        if value.numel != 1 or read_scalar is None:
-            return None
-        value = read_scalar(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, int) and value.bit_length() > 1000:
-        return None
-    return float(value) if math.isfinite(float(value)) else None
-
-
-def _integer(value: Any, read_scalar: ScalarReader | None) -> int | None:
-    number = _number(value, read_scalar)
-    return int(number) if number is not None and float(number).is_integer() else None
-
-
-# --- the state dict ------------------------------------------------------------------
-
-
-def is_tensor_mapping(obj: Any) -> bool:
-    mapping = as_mapping(obj)
-    return (
-        mapping is not None and len(mapping) > 0
-        and all(isinstance(k, str) and isinstance(v, LazyTensor) for k, v in mapping.items())
-    )
-
-
-def find_state_dict(obj: Any) -> tuple[str | None, Mapping[str, LazyTensor] | None]:
-    """Lightning ``state_dict``; else the first of ``STATE_DICT_KEYS`` mapping names to
-    tensors; else the whole object when it is such a mapping. (None, None) when absent."""
-    mapping = as_mapping(obj)
-    if mapping is not None:
-        for key in STATE_DICT_KEYS:
-            if key in mapping and is_tensor_mapping(mapping[key]):
-                return key, as_mapping(mapping[key])  # type: ignore[return-value]
-    if is_tensor_mapping(obj):
-        return None, as_mapping(obj)  # type: ignore[return-value]
-    return None, None
-
-
-def unsupported_tensors(obj: Any) -> list[str]:
-    mapping = as_mapping(obj)
-    if mapping is None:
-        return []
-    return [f"{k} ({v.kind})" for k, v in mapping.items() if isinstance(v, UnsupportedTensor)]
-
-
-# --- sources ----------------------------------------------------------------------------
-
-
-def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: ScalarReader) -> None:
-    top = as_mapping(obj)
-    if top is None:
-        return
-    src = "checkpoint"
-    keys = [str(k) for k in top]
-    g.offer("contents.keys", keys, src)
-    for key in _EPOCH_KEYS:
-        g.offer("training.epoch", _integer(top.get(key), read_scalar), src)
-    for key in _STEP_KEYS:
-        g.offer("training.global_step", _integer(top.get(key), read_scalar), src)
-    lightning_version = top.get("pytorch-lightning_version") or top.get("lightning_version")
-    if isinstance(lightning_version, str):
-        g.offer("training.framework", "lightning", src)
-        g.offer("training.framework_version", lightning_version, src)
-    else:
-        g.offer("training.framework", "pytorch", src)
-    g.offer("contents.optimizer_state", any(_non_empty(top.get(k)) for k in _OPTIMIZER_KEYS), src)
-    g.offer("contents.lr_scheduler_state", any(_non_empty(top.get(k)) for k in _SCHEDULER_KEYS), src)
-    g.offer("contents.rng_state", any(k in top for k in _RNG_KEYS), src)
-
-    hparams = top.get("hyper_parameters")
-    args = top.get("args") or top.get("config") or top.get("cfg") or top.get("hparams")
-    for hp_source, hp in (("checkpoint:hyper_parameters", hparams), ("checkpoint:args", args)):
-        plain = to_plain(hp, read_scalar) if hp is not None else None
-        if isinstance(plain, dict) and plain:
-            g.offer("model.hyper_parameters", plain, hp_source)
-            g.offer("model.architecture", _architecture(plain), hp_source)
-
-    if is_tensor_mapping(obj):
-        return  # a bare state dict: its scalars are buffers, not metrics
-    for key, value in top.items():
-        key = str(key)
-        number = _number(value, read_scalar)
-        if number is not None and key not in _EPOCH_KEYS + _STEP_KEYS and not isinstance(value, int):
-            g.offer(f"metrics.{key}", number, src)  # best_val_loss, best_pck, …
-        nested = as_mapping(value)
-        if nested is not None and _METRIC_DICT.search(key) and key not in ("hyper_parameters",):
-            for metric, metric_value in nested.items():
-                number = _number(metric_value, read_scalar)
-                if number is not None:
-                    g.offer(f"metrics.{key}/{metric}", number, f"checkpoint:{key}")
-    _gather_callbacks(top, path, g, read_scalar)
-
-
-def _non_empty(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, list | tuple | dict) or as_mapping(value) is not None:
-        return len(as_mapping(value) or value) > 0  # type: ignore[arg-type]
-    return True
-
-
-def _architecture(config: Mapping[str, Any]) -> str | None:
+def architecture(config: Mapping[str, Any]) -> str | None:
     for key in _ARCH_KEYS:
         value = config.get(key)
         if isinstance(value, str) and value:
             return value
         if isinstance(value, Mapping) and key == "model":
-            nested = _architecture(value)
+            nested = architecture(value)
             if nested:
                 return nested
     target = config.get("_target_")
     return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
-
-
-# Lightning's ModelCheckpoint state key is the repr of a small dict:
-#   ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, ...}
-# Only the two string fields are wanted; they are matched as text, never evaluated.
-_STATE_KEY_FIELD = re.compile(r"""'(monitor|mode)': (['"])(.{0,512}?)\2(?=[,}])""")
-
-
-def _state_key_settings(state_key: str) -> dict[str, str]:
-    return {m.group(1): m.group(3) for m in _STATE_KEY_FIELD.finditer(state_key[:4096])}
-
-
-def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scalar: ScalarReader) -> None:
-    callbacks = as_mapping(top.get("callbacks"))
-    if callbacks is None:
-        return
-    found: list[tuple[dict[str, Any], Mapping[str, Any], bool]] = []
-    for key, state in callbacks.items():
-        name = str(key)
-        state_map = as_mapping(state)
-        if not name.startswith("ModelCheckpoint") or state_map is None:
-            continue
-        settings = _state_key_settings(name)
-        best_k = as_mapping(state_map.get("best_k_models")) or {}
-        mine = any(os.path.basename(str(p)) == path.name for p in best_k)
-        found.append((settings, state_map, mine))
-    # The callback that saved *this* file speaks first; others still give their scores.
-    found.sort(key=lambda item: not item[2])
-    for settings, state, mine in found:
-        src = "callback:ModelCheckpoint"
-        monitor = state.get("monitor") or settings.get("monitor")
-        g.offer("checkpointing.monitor", monitor if isinstance(monitor, str) else None, src)
-        mode = settings.get("mode")
-        g.offer("checkpointing.mode", mode if mode in ("min", "max") else None, src)
-        best_score = _number(state.get("best_model_score"), read_scalar)
-        g.offer("checkpointing.best_model_score", best_score, src)
-        best_path = state.get("best_model_path")
-        if isinstance(best_path, str) and best_path:
-            g.offer("checkpointing.best_when_saved", os.path.basename(best_path) == path.name, src)
-        last_path = state.get("last_model_path")
-        if isinstance(last_path, str) and last_path:
-            g.offer("checkpointing.save_last", True, f"{src} (last_model_path)")
-        score = None
-        for saved, value in (as_mapping(state.get("best_k_models")) or {}).items():
-            if os.path.basename(str(saved)) == path.name:
-                score = _number(value, read_scalar)
-        if score is None and mine is False and not found[0][2]:
-            score = _number(state.get("current_score"), read_scalar)
-        if score is not None and isinstance(monitor, str):
-            g.offer("checkpointing.score", score, src)
-            g.offer(f"metrics.{monitor}", score, src)
 
 
 def find_upwards(start: Path, stop: Path, relative: str) -> Path | None:
@@ -397,14 +174,14 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
         except (OSError, csv.Error, UnicodeDecodeError) as exc:
             g.notes.append(f"{metrics_csv}: skipped ({exc})")
         for column, value in merged.items():
-            g.offer(f"metrics.{column}", value, source)
+            g.offer_metric(column, value, source)
     hparams = _nearest(path, [p for p in files if p.name == "hparams.yaml"])
     if hparams is not None:
         data = _safe_yaml(hparams, g)
         if isinstance(data, dict) and data:
             source = f"hparams.yaml:{os.path.relpath(hparams, exp_root)}"
             g.offer("model.hyper_parameters", data, source)
-            g.offer("model.architecture", _architecture(data), source)
+            g.offer("model.architecture", architecture(data), source)
 
 
 def _to_int(text: Any) -> int | None:
@@ -433,7 +210,7 @@ def gather_from_hydra(path: Path, exp_root: Path, g: Gathered) -> None:
     model = config.get("model")
     if isinstance(model, dict):
         g.offer("model.config", model, source)
-        g.offer("model.architecture", _architecture(model), source)
+        g.offer("model.architecture", architecture(model), source)
     monitor = g.get("checkpointing.monitor")
     for section in _dicts_with_monitor(config):
         if monitor is not None and section.get("monitor") != monitor:
@@ -476,13 +253,22 @@ def gather_from_filename(path: Path, stem: str, g: Gathered) -> None:
     src = "filename"
     g.offer("training.epoch", tokens.epoch, src)
     g.offer("training.global_step", tokens.global_step, src)
-    known = {k[len("metrics."):]: v for k, v in g.values.items() if k.startswith("metrics.")}
+    known = g.metrics()
     for name, value in tokens.metrics.items():
         tolerance = 0.5 * 10 ** -tokens.decimals[name]
         # The same metric under a logged spelling (val/loss ~ valloss ~ best_valloss).
         ranked = [(_closeness(k, _normalise(name)), k) for k in known]
         matches = [k for rank, k in sorted(ranked) if rank < 3]
         if not matches:
-            g.offer(f"metrics.{name}", value, src)
+            g.offer_metric(name, value, src)
         elif not any(_agrees(known[m], value, tolerance) for m in matches):
-            g.offer(f"metrics.{matches[0]}", value, src, tolerance)
+            g.offer_metric(matches[0], value, src, tolerance)
+
+
+def gather_common(path: Path, stem: str, exp_root: Path, g: Gathered) -> None:
+    """The format-independent sources, after the checkpoint's own: logger files (which need
+    the epoch the checkpoint gave), Hydra, then file-name tokens (which defer to metrics
+    already known under another spelling)."""
+    gather_from_logs(path, exp_root, g)
+    gather_from_hydra(path, exp_root, g)
+    gather_from_filename(path, stem, g)

@@ -8,11 +8,12 @@ reported rather than silently ignored.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+from .migrations import SCHEMA_VERSION
+
 JsonValue = Any
 
 
@@ -112,6 +113,12 @@ class Sidecar(_Strict):
     )
     conflicts: list[Conflict] = Field(default_factory=list)
     tool: ToolInfo
+
+
+# The model accepts exactly the current version: older documents are migrated before
+# validation (``migrations.upgrade``); this guard keeps the two spellings in step.
+if get_args(Sidecar.model_fields["schema_version"].annotation) != (SCHEMA_VERSION,):
+    raise ImportError("schema.Sidecar.schema_version and migrations.SCHEMA_VERSION differ")
 
 
 def json_schema() -> dict[str, Any]:

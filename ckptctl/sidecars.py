@@ -1,15 +1,17 @@
-"""Reading, writing and checking sidecars; shared by convert, scan, validate and catalog."""
+"""Reading, writing and checking sidecars; shared by convert, scan, validate and catalog.
+
+Every read goes through ``migrations.upgrade``: a sidecar from an older ckptctl is upgraded
+in memory, one from a newer ckptctl is refused naming both versions."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import SidecarError
+from .migrations import SCHEMA_VERSION, upgrade
 from .schema import Sidecar
 from .sources import fingerprint, sha256_files
 from .yamlio import dump_yaml, load_yaml_file
@@ -31,8 +33,14 @@ def read_sidecar_raw(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_sidecar_doc(path: Path) -> dict[str, Any]:
+    """The sidecar as plain data at the current schema version (not yet validated)."""
+    return upgrade(read_sidecar_raw(path), path)
+
+
 def parse_sidecar(path: Path, data: dict[str, Any] | None = None) -> Sidecar:
-    data = read_sidecar_raw(path) if data is None else data
+    """The validated sidecar; ``data`` is a document already read (and upgraded)."""
+    data = read_sidecar_doc(path) if data is None else data
     try:
         return Sidecar.model_validate(data)
     except ValidationError as exc:
@@ -53,47 +61,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "schema: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
-    tmp = temp_path_for(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def temp_path_for(path: Path) -> Path:
-    """A hidden sibling that every command ignores, keeping the compound suffix
-    (``.weights.h5``: Keras refuses to load a weights file named otherwise)."""
-    from .discovery import SIDECAR_SUFFIX, TEMP_MARKER, WEIGHTS_SUFFIX
-
-    name = path.name
-    suffix = next((s for s in (WEIGHTS_SUFFIX, SIDECAR_SUFFIX) if name.endswith(s)), "")
-    stem = name[: len(name) - len(suffix)] if suffix else name
-    return path.with_name(f".{stem}{TEMP_MARKER}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def sidecar_yaml(sidecar: Sidecar) -> bytes:
-    header = "# ckptctl sidecar (schema 1.0): metadata of the checkpoint named below.\n"
+    header = f"# ckptctl sidecar (schema {SCHEMA_VERSION}): metadata of the checkpoint named below.\n"
     # Unknown values are left out (smaller files, faster catalogs); weights_path stays
     # explicit because null there means "metadata only".
     doc = sidecar.model_dump(mode="json", exclude_none=True)

@@ -1,6 +1,7 @@
-"""A checkpoint's files and fingerprint. Most checkpoints are one file; a TF-index checkpoint
-is ``prefix.index`` plus its ``prefix.data-*`` shards, fingerprinted together: size is the
-sum, mtime the newest, sha256 is taken over the files' bytes in this order (index, shards)."""
+"""A checkpoint's fingerprint and hash. Most checkpoints are one file; a multi-file one (a
+TF-index checkpoint: ``prefix.index`` plus its ``prefix.data-*`` shards) is fingerprinted
+together: size is the sum, mtime the newest, sha256 is taken over the files' bytes in the
+order its format lists them."""
 
 from __future__ import annotations
 
@@ -9,19 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .formats import source_files
+
 _CHUNK = 8 << 20
-
-
-def source_files(path: Path, fmt: str | None) -> list[Path]:
-    if fmt != "tf-index":
-        return [path]
-    index = path.with_name(path.name + ".index")
-    shards = sorted(path.parent.glob(glob_escape(path.name) + ".data-*-of-*"))
-    return [index, *shards]
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @dataclass(frozen=True)
@@ -48,3 +39,8 @@ def sha256_files(paths: list[Path]) -> str:
                     break
                 digest.update(view[:count])  # releases the GIL: hashing overlaps other work
     return digest.hexdigest()
+
+
+def sha256_of(path: Path, fmt: str | None) -> str:
+    """The sha256 of a checkpoint's files, in order."""
+    return sha256_files(source_files(path, fmt))

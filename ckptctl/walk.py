@@ -55,3 +55,8 @@ def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> I
 def find_sidecars(paths: Iterable[Path], recursive: bool, warnings: list[str]) -> list[Path]:
     return [p for p in iter_files(paths, recursive, warnings)
             if p.name.endswith(SIDECAR_SUFFIX) and TEMP_MARKER not in p.name]
+
+
+def glob_escape(name: str) -> str:
+    """``name`` as a glob pattern matching only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

@@ -26,7 +26,7 @@ def run_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
 
 
 def sidecar_of(source: Path) -> dict[str, Any]:
-    from ckptctl.discovery import outputs_for
+    from ckptctl.outputs import outputs_for
 
     path = outputs_for(source)[1]
     parse_sidecar(path)  # must be schema-valid
@@ -36,7 +36,7 @@ def sidecar_of(source: Path) -> dict[str, Any]:
 
 
 def outputs_exist(source: Path) -> tuple[bool, bool]:
-    from ckptctl.discovery import outputs_for
+    from ckptctl.outputs import outputs_for
 
     weights, sidecar = outputs_for(source)
     return weights.exists(), sidecar.exists()

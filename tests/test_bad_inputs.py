@@ -118,7 +118,7 @@ def test_yaml_with_python_tags_runs_nothing(tmp_path: Path) -> None:
 
 
 def test_lightning_state_key_is_read_as_text() -> None:
-    from ckptctl.metadata import _state_key_settings
+    from ckptctl.formats.pytorch.metadata import _state_key_settings
 
     key = ("ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "
            "'every_n_epochs': 1, 'train_time_interval': None}")

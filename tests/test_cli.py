@@ -13,7 +13,7 @@ import torch
 from helpers import leftover_temporaries, outputs_exist, run_cli
 
 from ckptctl.cli import COMMANDS, cli
-from ckptctl.discovery import outputs_for
+from ckptctl.outputs import outputs_for
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_scan_json_lists_format_size_and_status(tmp_path: Path) -> None:
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
     assert rows == [{"path": str(source), "format": "torch-zip", "size_bytes": source.stat().st_size,
-                     "status": "not converted", "reason": None, "sidecar": None}]
+                     "status": "not converted", "reason": None, "kind": None, "sidecar": None}]
     assert run_cli("convert", "--checkpoint", source).exit_code == 0
     rows = json.loads(run_cli("scan", tmp_path, "--format", "json").stdout)
     assert rows[0]["status"] == "converted"
@@ -54,6 +54,7 @@ def test_scan_json_lists_format_size_and_status(tmp_path: Path) -> None:
     rows = json.loads(run_cli("scan", tmp_path, "--format", "json").stdout)
     assert rows[0]["status"] == "stale"
     assert rows[0]["reason"] == "source modified since conversion"
+    assert rows[0]["kind"] == "stale"
 
 
 def test_scan_table_and_no_recursive(tmp_path: Path) -> None:
@@ -165,18 +166,22 @@ def test_validate_clean_then_each_kind_of_problem(tmp_path: Path) -> None:
     report = json.loads(deep.stdout)
     assert report["problems"] == [{"path": str(sidecar),
                                    "problem": "weights epoch=2-step=10-val_loss=0.40.weights.h5 "
-                                              "do not match their sha256"}]
+                                              "do not match their sha256", "kind": "corrupt"}]
     # an unknown field is reported, not accepted
     sidecar.write_text(sidecar.read_text() + "surprise: 1\n")
     bad = run_cli("validate", tmp_path)
     assert bad.exit_code == 1
     assert "unknown field surprise" in bad.stdout
+    bad_json = json.loads(run_cli("validate", tmp_path, "--format", "json").stdout)
+    assert [p["kind"] for p in bad_json["problems"]] == ["sidecar"]
     # a checkpoint without a sidecar fails only --strict
     sidecar.unlink()
     weights.unlink()
     assert run_cli("validate", tmp_path).exit_code == 0
     strict = run_cli("validate", tmp_path, "--strict")
     assert strict.exit_code == 1 and "no sidecar (run ckptctl convert)" in strict.stdout
+    strict_json = json.loads(run_cli("validate", tmp_path, "--strict", "--format", "json").stdout)
+    assert [p["kind"] for p in strict_json["problems"]] == ["not-converted"]
 
 
 def test_validate_rejects_yaml_alias_bombs(tmp_path: Path) -> None:

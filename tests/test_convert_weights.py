@@ -13,8 +13,8 @@ import torch
 from helpers import converted_copy
 
 import ckptctl
-from ckptctl.discovery import outputs_for
 from ckptctl.layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION
+from ckptctl.outputs import outputs_for
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 

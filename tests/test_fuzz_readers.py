@@ -41,11 +41,11 @@ def mutations(draw: st.DrawFn, data: bytes) -> bytes:
 
 def exercise(path: Path, fmt: str) -> None:
     """Everything convert would read from ``path`` (structure, metadata and every tensor)."""
-    from ckptctl.ops.plans import PlanOptions, make_plan
+    from ckptctl.ops.convert import ConvertOptions, plan_conversion
 
-    plan = make_plan(path, fmt, path.parent, PlanOptions())
-    if plan.write_weights is not None:
-        plan.write_weights(path.with_name(path.name + ".out.weights.h5"))
+    _, _, plan = plan_conversion(path, fmt, path.parent, ConvertOptions())  # type: ignore[arg-type]
+    if plan.write is not None:
+        plan.write(path.with_name(path.name + ".out.weights.h5"))
 
 
 def assert_only_ckpt_errors(path: Path, fmt: str) -> None:

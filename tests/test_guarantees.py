@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import leftover_temporaries, outputs_exist, run_cli, run_process
 
-from ckptctl.discovery import outputs_for
+from ckptctl.outputs import outputs_for
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -111,11 +111,11 @@ def test_concurrent_converters_write_each_checkpoint_once(fresh_tree: tuple[Path
 def test_busy_checkpoint_is_skipped_not_waited_for(tmp_path: Path) -> None:
     from filelock import FileLock
 
-    from ckptctl.ops.convert import lock_path_for
+    from ckptctl.outputs import OutputLayout
 
     source = tmp_path / "exp" / "a.pt"
     write_checkpoint(source, 4)
-    with FileLock(str(lock_path_for(outputs_for(source)[1]))):
+    with FileLock(str(OutputLayout().outputs(source).lock)):
         result = run_cli("convert", "--checkpoint", source, "-v")
     assert result.exit_code == 0
     assert result.stdout == f"skipped        {source} (busy: another ckptctl process is converting it)\n"

@@ -11,10 +11,12 @@ import pytest
 import torch
 from helpers import run_cli
 
-from ckptctl.cli.docs import splice
 from ckptctl.schema import json_schema_text
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+from cli_docs import splice  # noqa: E402 - the docs tool lives outside the package
+
 HEAVY = ("torch", "tensorflow", "keras", "lightning", "tf_keras")
 
 PROBE = """

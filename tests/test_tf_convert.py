@@ -18,7 +18,7 @@ import pytest
 from helpers import converted_copy, leftover_temporaries, outputs_exist, run_cli, sidecar_of
 
 import ckptctl
-from ckptctl.discovery import outputs_for
+from ckptctl.outputs import outputs_for
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

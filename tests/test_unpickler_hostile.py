@@ -1049,7 +1049,7 @@ def test_numpy_dtype_field_offset_cannot_read_out_of_bounds(tmp_path: Path) -> N
         op_global("numpy.core.multiarray", "scalar"), evil, op_bytes(b"\0" * 8))))))
     rc, result = run_child(tmp_path, """
         from ckptctl.readers.unpickler import restricted_load
-        from ckptctl.metadata import to_plain
+        from ckptctl.formats.pytorch.metadata import to_plain
         try:
             obj, _ = restricted_load(Path(sys.argv[1]).read_bytes())
             report(outcome="loaded", plain=repr(to_plain(obj)))

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from .output import FORMATS_ALL, emit_csv, emit_json, emit_table, fmt_number, message
+from . import options
+from .console import Console, fmt_number
 
 
 @click.command("catalog")
@@ -16,9 +17,9 @@ from .output import FORMATS_ALL, emit_csv, emit_json, emit_table, fmt_number, me
 @click.option("--sort", "sort_key", metavar="KEY",
               help="Sort rows by KEY (exp_name, epoch, step, created_at, path or a metric); "
                    "prefix with - for descending.")
-@click.option("--format", "fmt", type=FORMATS_ALL, default="table", show_default=True,
-              help="Output format; json prints the sidecar documents with sidecar_path added.")
-@click.option("--no-recursive", is_flag=True, help="Only look at the given folders, not below.")
+@options.output_format("table", "json", "csv",
+                       help="Output format; json prints the sidecar documents with sidecar_path added.")
+@options.no_recursive
 @click.option("--no-cache", is_flag=True, help="Parse every sidecar; do not use the catalog cache.")
 def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_key: str | None,
             fmt: str, no_recursive: bool, no_cache: bool) -> None:
@@ -31,18 +32,18 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
     from ..errors import CkptError
     from ..ops.catalog import all_metric_names, catalog, default_cache_dir
 
+    console = Console()
     try:
         result = catalog(paths or (Path("."),), best=best, mode=mode, sort=sort_key,
                          recursive=not no_recursive, cache_dir=None if no_cache else default_cache_dir())
     except CkptError as exc:
-        raise click.ClickException(exc.message) from None
-    for warning in result.warnings:
-        message(f"warning: {warning}")
+        console.fail(exc.message)
+    console.warnings(result.warnings)
     if result.left_out:
-        message(f"note: {result.left_out} checkpoints without {best} were left out")
+        console.note(f"{result.left_out} checkpoints without {best} were left out")
     entries = result.entries
     if fmt == "json":
-        emit_json([e.as_json() for e in entries])
+        console.json([e.as_json() for e in entries])
         return
     if best:
         columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", f"{best} ({result.mode})"]
@@ -59,11 +60,11 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
                          monitor, fmt_number(score)])
     if fmt == "csv":
         metric_names = all_metric_names(entries)
-        emit_csv(["exp_name", "checkpoint", "epoch", "global_step", "monitor", "mode", *metric_names],
+        console.csv(["exp_name", "checkpoint", "epoch", "global_step", "monitor", "mode", *metric_names],
                  [[e.doc.get("exp_name"), e.checkpoint, e.field("epoch"), e.field("step"),
                    (e.doc.get("checkpointing") or {}).get("monitor"),
                    (e.doc.get("checkpointing") or {}).get("mode"),
                    *[e.metrics.get(m) for m in metric_names]] for e in entries])
         return
-    emit_table(columns, rows)
-    message(f"{len(entries)} rows" + (f" (best by {best}, {result.mode})" if best else ""))
+    console.table(columns, rows)
+    console.message(f"{len(entries)} rows" + (f" (best by {best}, {result.mode})" if best else ""))

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .output import message, problem
+from . import options
+from .console import EXIT_FAILED, Console
+
+if TYPE_CHECKING:
+    from ..ops.convert import ConvertOptions, ConvertReport, ItemResult, Target
 
 
 @click.command("convert")
@@ -15,12 +20,11 @@ from .output import message, problem
               help="Convert every checkpoint of one experiment folder.")
 @click.option("--outputs-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Convert every checkpoint below an outputs folder (one experiment per subfolder).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write outputs under DIR, mirroring the source tree (for read-only or shared "
-                   "source folders); sidecars point back at the sources.")
+@options.output_dir("Write outputs under DIR, mirroring the source tree (for read-only or shared "
+                    "source folders); sidecars point back at the sources.")
 @click.option("--force", is_flag=True, help="Reconvert even when the outputs are up to date.")
 @click.option("--dry-run", is_flag=True, help="Say what would be converted; write nothing.")
-@click.option("--no-recursive", is_flag=True, help="Only look at the given folder, not below.")
+@options.no_recursive
 @click.option("--metadata-only", is_flag=True, help="Write sidecars only, no weights files.")
 @click.option("--keras-model", metavar="MODULE:FUNCTION",
               help="Build your Keras 3 model with MODULE:FUNCTION and fail a checkpoint unless its "
@@ -37,13 +41,12 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     name. Sources are never modified. Up-to-date outputs are skipped. Exits 0 when nothing
     failed, 1 when any checkpoint failed (the others are still converted), 2 on usage errors.
     """
+    console = Console(verbose=verbose)
     chosen = [o for o in (checkpoint, exp_dir, outputs_dir) if o is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --checkpoint, --exp-dir or --outputs-dir")
+        console.usage_error("give exactly one of --checkpoint, --exp-dir or --outputs-dir")
     from ..ops.convert import (
         ConvertOptions,
-        ItemResult,
-        convert,
         targets_for_checkpoint,
         targets_for_exp_dir,
         targets_for_outputs_dir,
@@ -62,43 +65,46 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     else:
         assert outputs_dir is not None
         targets, warnings = targets_for_outputs_dir(outputs_dir, recursive)
-    for warning in warnings:
-        message(f"warning: {warning}")
-    options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
-                             recursive=recursive, verbose=verbose, keras_model=keras_model,
-                             output_dir=output_dir)
+    console.warnings(warnings)
+    run_options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
+                                 keras_model=keras_model, output_dir=output_dir)
+    report = _run(console, targets, run_options)
+    done = "would convert" if dry_run else "converted"
+    console.message(f"found {len(report.items)}, {done} {report.count(done)}, "
+                    f"skipped {report.count('skipped')}, failed {report.count('failed')}")
+    if report.failed:
+        console.exit(EXIT_FAILED)
+
+
+def _run(console: Console, targets: list[Target], run_options: ConvertOptions) -> ConvertReport:
+    from ..ops.convert import convert
 
     def report_item(item: ItemResult) -> None:
         if item.status == "failed":
-            problem(item.source, item.reason or "failed")
-            if verbose and item.detail:
-                message(item.detail.rstrip())
+            console.error(item.source, item.reason or "failed")
+            if item.detail:
+                console.detail(item.detail.rstrip())
         elif item.status == "skipped":
-            if verbose:
-                click.echo(f"skipped        {item.source} ({item.reason})")
+            if console.verbose:
+                console.line(f"skipped        {item.source} ({item.reason})")
         else:
-            click.echo(f"{item.status:<14} {item.source}")
-            if item.reason and verbose:
-                message(f"note: {item.source}: {item.reason}")
+            console.line(f"{item.status:<14} {item.source}")
+            if console.verbose:
+                for note in item.notes:
+                    console.note(f"{item.source}: {note}")
 
-    if sys.stderr.isatty() and len(targets) > 1 and not dry_run:
-        from rich.console import Console
-        from rich.progress import Progress
+    if not (sys.stderr.isatty() and len(targets) > 1 and not run_options.dry_run):
+        return convert(targets, run_options, report_item)
+    from rich.console import Console as RichConsole
+    from rich.progress import Progress
 
-        # The bar lives on stderr; stdout lines go above it only when stdout is that terminal.
-        with Progress(console=Console(stderr=True), transient=True,
-                      redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
-            task = progress.add_task("converting", total=len(targets))
+    # The bar lives on stderr; stdout lines go above it only when stdout is that terminal.
+    with Progress(console=RichConsole(stderr=True), transient=True,
+                  redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
+        task = progress.add_task("converting", total=len(targets))
 
-            def advance(item: ItemResult) -> None:
-                report_item(item)
-                progress.advance(task)
+        def advance(item: ItemResult) -> None:
+            report_item(item)
+            progress.advance(task)
 
-            report = convert(targets, options, advance)
-    else:
-        report = convert(targets, options, report_item)
-    done = "would convert" if dry_run else "converted"
-    message(f"found {len(report.items)}, {done} {report.count(done)}, "
-            f"skipped {report.count('skipped')}, failed {report.count('failed')}")
-    if report.failed:
-        raise SystemExit(1)
+        return convert(targets, run_options, advance)

@@ -4,16 +4,15 @@ from pathlib import Path
 
 import click
 
-from .output import FORMATS_TABLE_JSON, emit_json, emit_table, human_size, message
+from . import options
+from .console import EXIT_FAILED, Console, human_size
 
 
 @click.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=FORMATS_TABLE_JSON, default="table", show_default=True,
-              help="Output format.")
-@click.option("--no-recursive", is_flag=True, help="Only look at the given folders, not below.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Look for outputs under DIR, as written by convert --output-dir.")
+@options.output_format("table", "json")
+@options.no_recursive
+@options.output_dir(options.OUTPUT_DIR_LOOK)
 def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool, output_dir: Path | None) -> None:
     """Find checkpoints under PATHS and say what they are.
 
@@ -24,19 +23,19 @@ def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool, output_dir: P
     """
     from ..ops.scan import scan
 
+    console = Console()
     report = scan(paths, recursive=not no_recursive, output_dir=output_dir)
-    for warning in report.warnings:
-        message(f"warning: {warning}")
+    console.warnings(report.warnings)
     if fmt == "json":
-        emit_json([row.to_dict() for row in report.rows])
+        console.json([row.to_dict() for row in report.rows])
     else:
-        emit_table(["PATH", "FORMAT", "SIZE", "STATUS"],
-                   [[r.path, r.format or "-", human_size(r.size_bytes),
-                     r.status + (f": {r.reason}" if r.reason else "")] for r in report.rows])
+        console.table(["PATH", "FORMAT", "SIZE", "STATUS"],
+                      [[r.path, r.format or "-", human_size(r.size_bytes),
+                        r.status + (f": {r.reason}" if r.reason else "")] for r in report.rows])
         counts: dict[str, int] = {}
         for row in report.rows:
             counts[row.status] = counts.get(row.status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
-        message(f"{len(report.rows)} checkpoints: {summary}")
+        console.message(f"{len(report.rows)} checkpoints: {summary}")
     if any(row.status == "unreadable" for row in report.rows):
-        raise SystemExit(1)
+        console.exit(EXIT_FAILED)

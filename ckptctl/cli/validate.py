@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from .output import FORMATS_TABLE_JSON, emit_json, emit_table, message
+from . import options
+from .console import EXIT_FAILED, Console
 
 
 @click.command("validate")
@@ -12,10 +13,11 @@ from .output import FORMATS_TABLE_JSON, emit_json, emit_table, message
 @click.option("--strict", is_flag=True,
               help="Also fail on checkpoints with no sidecar or a stale one.")
 @click.option("--deep", is_flag=True, help="Re-hash checkpoints and weights against their sha256.")
-@click.option("--format", "fmt", type=FORMATS_TABLE_JSON, default="table", show_default=True,
-              help="Output format.")
-@click.option("--no-recursive", is_flag=True, help="Only look at the given folders, not below.")
-def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recursive: bool) -> None:
+@options.output_format("table", "json")
+@options.no_recursive
+@options.output_dir(options.OUTPUT_DIR_LOOK)
+def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recursive: bool,
+            output_dir: Path | None) -> None:
     """Check sidecars under PATHS (default: .) against the schema and their files.
 
     Every sidecar must parse and match the schema, and the checkpoint and weights it names
@@ -24,20 +26,21 @@ def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recu
     """
     from ..ops.validate import validate
 
-    report = validate(paths or (Path("."),), strict=strict, deep=deep, recursive=not no_recursive)
-    for warning in report.warnings:
-        message(f"warning: {warning}")
+    console = Console()
+    report = validate(paths or (Path("."),), strict=strict, deep=deep, recursive=not no_recursive,
+                      output_dir=output_dir)
+    console.warnings(report.warnings)
     if fmt == "json":
-        emit_json({"ok": report.ok, "sidecars_checked": report.sidecars_checked,
-                   "checkpoints_checked": report.checkpoints_checked,
-                   "problems": [p.to_dict() for p in report.problems]})
+        console.json({"ok": report.ok, "sidecars_checked": report.sidecars_checked,
+                      "checkpoints_checked": report.checkpoints_checked,
+                      "problems": [p.to_dict() for p in report.problems]})
     elif report.problems:
-        emit_table(["PATH", "PROBLEM"], [[p.path, p.problem] for p in report.problems])
+        console.table(["PATH", "PROBLEM"], [[p.path, p.problem] for p in report.problems])
     checked = f"{report.sidecars_checked} sidecars"
     if strict:
         checked += f", {report.checkpoints_checked} checkpoints"
     if report.ok:
-        message(f"ok: {checked} checked, no problems")
+        console.message(f"ok: {checked} checked, no problems")
     else:
-        message(f"failed: {len(report.problems)} problems in {checked}")
-        raise SystemExit(1)
+        console.message(f"failed: {len(report.problems)} problems in {checked}")
+        console.exit(EXIT_FAILED)

@@ -21,7 +21,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import CkptError
+from ..errors import (
+    CorruptCheckpointError,
+    UnsupportedCheckpointError,
+    VerificationError,
+)
 from ..readers.tensor import BIT_CAST_DTYPES, LOGICAL_NUMPY, STORAGE_NUMPY
 
 LAYOUT = "ckptctl-tensors"
@@ -85,7 +89,7 @@ def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
                     got = zlib.crc32(rows.view(np.uint8).reshape(-1), got)
                     del rows
             if got != expected:
-                raise CkptError(f"verification failed: {dataset_path} read back differently")
+                raise VerificationError(f"verification failed: {dataset_path} read back differently")
 
 
 def write_tensors(
@@ -103,7 +107,7 @@ def write_tensors(
         for tensor in tensors:
             link = escape_name(tensor.name)
             if link in group:
-                raise CkptError(f"duplicate tensor name {tensor.name!r}")
+                raise UnsupportedCheckpointError(f"duplicate tensor name {tensor.name!r}")
             summary.tensor_count += 1
             if tensor.tie_key is not None and tensor.tie_key in first_link:
                 group[link] = group[first_link[tensor.tie_key]]  # hard link: stored once
@@ -111,7 +115,7 @@ def write_tensors(
             values = tensor.load()
             expected = STORAGE_NUMPY[tensor.dtype]
             if values.dtype != expected or values.shape != tensor.shape:
-                raise CkptError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
+                raise VerificationError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
             dataset = group.create_dataset(link, data=values)
             dataset.attrs["dtype"] = tensor.dtype
             summary.checksums[dataset.name] = checksum(values)
@@ -144,10 +148,10 @@ def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise CkptError(f"not a readable HDF5 file ({exc})", path) from exc
+        raise CorruptCheckpointError(f"not a readable HDF5 file ({exc})", path) from exc
     with f:
         if f.attrs.get("layout") != LAYOUT:
-            raise CkptError(f"not a {LAYOUT} weights file", path)
+            raise UnsupportedCheckpointError(f"not a {LAYOUT} weights file", path)
         seen: dict[Any, str] = {}
         group = f["tensors"]
         for link in group:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CkptError
+from ..errors import CkptError, VerificationError
 
 #: Keras 3 variable order by layer class (legacy spellings mapped to Keras 3's).
 VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
@@ -67,6 +67,8 @@ _MODEL_SNAKES = {"sequential": "Sequential", "functional": "Functional", "model"
 
 class Unmappable(CkptError):
     """The checkpoint's structure has no known Keras 3 layout."""
+
+    kind = "unsupported"
 
 
 @dataclass
@@ -183,7 +185,7 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
                 group.attrs["name"] = item.layer_name
             values = item.variable.load()
             if tuple(values.shape) != item.variable.shape:
-                raise CkptError(f"variable {item.variable.source_key} read back with shape {values.shape}")
+                raise VerificationError(f"variable {item.variable.source_key} read back with shape {values.shape}")
             f.create_dataset(item.path, data=values)
             checksums["/" + item.path] = checksum(values)
             count += 1

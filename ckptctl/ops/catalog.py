@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CkptError
+from ..errors import CkptError, UsageError
 from ..walk import find_sidecars  # light: a warm catalog never imports numpy or pydantic
 
 CACHE_VERSION = 1
@@ -201,7 +201,7 @@ def sort_entries(entries: list[Entry], key: str) -> list[Entry]:
     key = key.lstrip("-")
     known = set(FIELD_KEYS) | set(all_metric_names(entries))
     if key.removeprefix("metrics.") not in known:
-        raise CkptError(f"unknown sort key {key!r}; use one of: " + ", ".join(sorted(known)))
+        raise UsageError(f"unknown sort key {key!r}; use one of: " + ", ".join(sorted(known)))
     present = [e for e in entries if e.field(key) is not None]
     missing = [e for e in entries if e.field(key) is None]
     present.sort(key=lambda e: e.field(key), reverse=descending)

@@ -1,50 +1,55 @@
-"""``convert``: write ``<stem>.weights.h5`` and ``<stem>.metadata.yaml`` next to each checkpoint.
+"""``convert``: write ``<stem>.weights.h5`` and ``<stem>.metadata.yaml`` for each checkpoint.
 
 Never modifies a source. Each checkpoint succeeds or fails on its own; a failure leaves no
 output behind (weights and sidecar are written to temporary files and renamed into place,
-the sidecar last, so a sidecar always describes complete weights).
+the sidecar last, so a sidecar always describes complete weights). What a format knows is
+asked through its registry entry (``ckptctl.formats``); this module owns hashing,
+temporaries, locks, renames and the sidecar.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
-import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from filelock import FileLock, Timeout
 
 from .. import __version__
-from ..discovery import (
-    LOCK_SUFFIX,
-    NATIVE_FORMATS,
-    SIDECAR_SUFFIX,
-    TEMP_MARKER,
+from ..atomic import fsync_dir, fsync_file, temp_path_for, write_atomic
+from ..discovery import discover
+from ..errors import (
+    CkptError,
+    ErrorKind,
+    NewerSidecarError,
+    OutputConflictError,
+    SourceChangedError,
+    describe_error,
+    kind_of,
+)
+from ..formats import (
+    FormatId,
     FoundCheckpoint,
+    OpenedSource,
+    WeightsOptions,
+    WeightsPlan,
+    WrittenWeights,
     classify_target,
-    discover,
-    outputs_for,
-    stem_of,
+    format_for,
+    is_known_format,
 )
-from ..errors import CkptError, OutputConflictError, describe_error
-from ..layouts.ckptctl_tensors import verify_datasets
-from ..schema import SCHEMA_VERSION, Sidecar
-from ..sidecars import (
-    fsync_dir,
-    parse_sidecar,
-    sidecar_yaml,
-    source_is_stale,
-    temp_path_for,
-    write_atomic,
-)
-from ..sources import Fingerprint, fingerprint, sha256_files, source_files
-from .plans import CHECKSUMS, Plan, PlanOptions, make_plan, native_weights_info
+from ..metadata import Gathered, gather_common
+from ..migrations import SCHEMA_VERSION
+from ..outputs import CheckpointOutputs, OutputLayout, stem_of
+from ..schema import Sidecar
+from ..sidecars import parse_sidecar, sidecar_yaml, source_is_stale
+from ..sources import Fingerprint, fingerprint, sha256_files, sha256_of
 
 Status = Literal["converted", "skipped", "failed", "would convert"]
 
@@ -54,8 +59,6 @@ class ConvertOptions:
     force: bool = False
     dry_run: bool = False
     metadata_only: bool = False
-    recursive: bool = True
-    verbose: bool = False
     keras_model: str | None = None
     output_dir: Path | None = None
 
@@ -68,17 +71,26 @@ class Target:
     exp_root: Path
     exp_name: str
     #: the folder the source tree is mirrored from under ``--output-dir``
-    source_root: Path | None = None
+    source_root: Path
 
 
 @dataclass
 class ItemResult:
     source: Path
     status: Status
+    #: why it failed or was skipped (None when converted)
     reason: str | None = None
+    #: what failed, for machines (None unless status is "failed")
+    kind: ErrorKind | None = None
+    #: things worth knowing about a success (e.g. why a fallback layout was written)
+    notes: list[str] = field(default_factory=list)
     weights: Path | None = None
     sidecar: Path | None = None
-    detail: str | None = None  # a traceback, only for unexpected errors
+    detail: str | None = None  # a traceback, only for internal errors
+
+
+def failed(source: Path, reason: str, kind: ErrorKind, detail: str | None = None) -> ItemResult:
+    return ItemResult(source, "failed", reason, kind, detail=detail)
 
 
 @dataclass
@@ -111,7 +123,8 @@ def experiment_of_file(path: Path) -> Path:
 
 
 def targets_for_checkpoint(path: Path) -> tuple[list[Target], list[str]]:
-    found = classify_target(path) or FoundCheckpoint(path, None, "not a checkpoint (unrecognised content)")
+    found = classify_target(path) or FoundCheckpoint(
+        path, None, "not a checkpoint (unrecognised content)", "unrecognised")
     exp_root = experiment_of_file(path.absolute())
     return [Target(found, exp_root, exp_root.name, path.parent)], []
 
@@ -132,6 +145,11 @@ def targets_for_outputs_dir(outputs_dir: Path, recursive: bool) -> tuple[list[Ta
     return targets, found.warnings
 
 
+def outputs_of(target: Target, options: ConvertOptions) -> CheckpointOutputs:
+    layout = OutputLayout(target.source_root, options.output_dir) if options.output_dir else OutputLayout()
+    return layout.outputs(target.found.path)
+
+
 # --- converting ---------------------------------------------------------------------------
 
 
@@ -146,9 +164,8 @@ def convert(
     for target in targets:
         clash = clashes.get(target.found.path)
         if clash is not None:
-            item = ItemResult(target.found.path, "failed",
-                              f"output name clash with {clash.name} (both would write "
-                              f"{stem_of(clash)}.weights.h5); rename one of them")
+            item = failed(target.found.path, f"output name clash with {clash.name} (both would "
+                          f"write {stem_of(clash)}.weights.h5); rename one of them", "conflict")
         else:
             item = _convert_one(target, options)
         report.items.append(item)
@@ -160,7 +177,7 @@ def convert(
 def _name_clashes(targets: list[Target], options: ConvertOptions) -> dict[Path, Path]:
     groups: dict[Path, list[Path]] = defaultdict(list)
     for target in targets:
-        groups[output_paths(target, options)[1]].append(target.found.path)
+        groups[outputs_of(target, options).sidecar].append(target.found.path)
     clashes: dict[Path, Path] = {}
     for paths in groups.values():
         if len(paths) > 1:
@@ -169,78 +186,52 @@ def _name_clashes(targets: list[Target], options: ConvertOptions) -> dict[Path, 
     return clashes
 
 
-def output_paths(target: Target, options: ConvertOptions) -> tuple[Path, Path]:
-    if options.output_dir is None:
-        return outputs_for(target.found.path)
-    return outputs_for(target.found.path, options.output_dir, target.source_root)
-
-
 def _convert_one(target: Target, options: ConvertOptions) -> ItemResult:
     source = target.found.path
-    weights_path, sidecar_path = output_paths(target, options)
+    outputs = outputs_of(target, options)
     if target.found.problem is not None:
-        return ItemResult(source, "failed", target.found.problem)
+        return failed(source, target.found.problem, target.found.problem_kind)
     if options.dry_run:
-        return _convert_locked(target, options, weights_path, sidecar_path)
+        return _convert_locked(target, options, outputs)
     try:
-        sidecar_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path_for(sidecar_path)), timeout=0)
+        outputs.sidecar.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(outputs.lock), timeout=0)
         lock.acquire()
     except Timeout:
         return ItemResult(source, "skipped", "busy: another ckptctl process is converting it")
     except OSError as exc:
-        return ItemResult(source, "failed", _os_reason(exc))
+        return failed(source, os_reason(exc), "os")
     try:
-        remove_stale_temporaries(sidecar_path)
-        return _convert_locked(target, options, weights_path, sidecar_path)
+        outputs.remove_stale_temporaries()
+        return _convert_locked(target, options, outputs)
     finally:
         lock.release()
 
 
-def lock_path_for(sidecar_path: Path) -> Path:
-    stem = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
-    return sidecar_path.with_name(f".{stem}{LOCK_SUFFIX}")
-
-
-def remove_stale_temporaries(sidecar_path: Path) -> None:
-    """Temporaries of this checkpoint left by a killed run. Called with the checkpoint's lock
-    held, so no live process can own one of them."""
-    stem = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
-    prefix = f".{stem}{TEMP_MARKER}-"
-    try:
-        entries = list(os.scandir(sidecar_path.parent))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
-def _convert_locked(target: Target, options: ConvertOptions, weights_path: Path,
-                    sidecar_path: Path) -> ItemResult:
+def _convert_locked(target: Target, options: ConvertOptions, outputs: CheckpointOutputs) -> ItemResult:
     source = target.found.path
-    if not options.force and sidecar_path.exists():
-        state = _freshness(sidecar_path, source, options.metadata_only, not options.dry_run)
-        if state == "fresh":
-            return ItemResult(source, "skipped", "up to date", weights_path, sidecar_path)
-        if state == "touched" and not options.dry_run:
-            return ItemResult(source, "skipped", "content unchanged (sidecar mtime refreshed)",
-                              weights_path, sidecar_path)
-    if options.dry_run:
-        return ItemResult(source, "would convert", None, weights_path, sidecar_path)
     try:
-        return _write_outputs(target, weights_path, sidecar_path, options)
+        if not options.force and outputs.sidecar.exists():
+            state = _freshness(outputs.sidecar, source, options.metadata_only, not options.dry_run)
+            if state == "fresh":
+                return ItemResult(source, "skipped", "up to date", None, [], outputs.weights,
+                                  outputs.sidecar)
+            if state == "touched" and not options.dry_run:
+                return ItemResult(source, "skipped", "content unchanged (sidecar mtime refreshed)",
+                                  None, [], outputs.weights, outputs.sidecar)
+        if options.dry_run:
+            return ItemResult(source, "would convert", None, None, [], outputs.weights, outputs.sidecar)
+        return _write_outputs(target, outputs, options)
     except CkptError as exc:
-        return ItemResult(source, "failed", describe_error(exc, source))
+        return failed(source, describe_error(exc, source), exc.kind)
     except OSError as exc:
-        return ItemResult(source, "failed", _os_reason(exc))
+        return failed(source, os_reason(exc), "os")
     except Exception as exc:  # a bug must not stop the batch; say so plainly
-        return ItemResult(source, "failed", f"internal error ({type(exc).__name__}: {exc}); "
-                          "please report it", detail=traceback.format_exc())
+        return failed(source, f"internal error ({type(exc).__name__}: {exc}); please report it",
+                      kind_of(exc), traceback.format_exc())
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """One line saying what happened and what to do. HDF5 reports some OS errors as
     messages without an errno, so the text is consulted too."""
     import errno
@@ -271,22 +262,27 @@ def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
                refresh: bool) -> Literal["fresh", "touched", "stale"]:
     """fresh: outputs match the source; touched: only the source's mtime moved (a copy
     without -p, a ``touch``) and its sha256 still matches, so the sidecar's mtime is
-    refreshed in place of a reconversion; stale: convert again."""
+    refreshed in place of a reconversion; stale: convert again. A sidecar from a newer
+    ckptctl raises ``NewerSidecarError``: it is never overwritten by an older one."""
     try:
         sidecar = parse_sidecar(sidecar_path)
+    except NewerSidecarError:
+        raise
     except CkptError:
         return "stale"
-    if sidecar.weights_path is None and not metadata_only and sidecar.source.format not in NATIVE_FORMATS:
+    fmt = sidecar.source.format
+    if not is_known_format(fmt):
+        return "stale"
+    if sidecar.weights_path is None and not metadata_only and format_for(fmt).writes_weights:
         return "stale"
     if sidecar.weights_path is not None and not (sidecar_path.parent / sidecar.weights_path).exists():
         return "stale"
     if source_is_stale(sidecar, source) is None:
         return "fresh"
-    fmt = sidecar.source.format
     info = fingerprint(source, fmt)
     if info.size_bytes != sidecar.source.size_bytes or sidecar.source.sha256 is None:
         return "stale"
-    if not refresh or sha256_files(source_files(source, fmt)) != sidecar.source.sha256:
+    if not refresh or sha256_of(source, fmt) != sidecar.source.sha256:
         return "stale"
     refreshed = sidecar.model_copy(update={"source": sidecar.source.model_copy(
         update={"mtime": info.mtime})})
@@ -294,66 +290,82 @@ def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
     return "touched"
 
 
-def _write_outputs(target: Target, weights_path: Path, sidecar_path: Path,
-                   options: ConvertOptions) -> ItemResult:
+def plan_conversion(source: Path, fmt: FormatId, exp_root: Path,
+                    options: ConvertOptions) -> tuple[OpenedSource, Gathered, WeightsPlan]:
+    """Everything convert reads from a source before writing: its structure (opened once),
+    its metadata from every source in precedence order, and how its weights are written."""
+    entry = format_for(fmt)
+    opened = entry.open(source, fmt)
+    gathered = Gathered()
+    opened.read_metadata(gathered)
+    gather_common(source, stem_of(source), exp_root, gathered)
+    plan = WeightsPlan()
+    if not options.metadata_only or not entry.writes_weights:
+        plan = opened.plan_weights(gathered, WeightsOptions(keras_model=options.keras_model))
+    return opened, gathered, plan
+
+
+@dataclass
+class _Weights:
+    """Weights described by the sidecar: written now, or the native source itself."""
+
+    path: Path
+    written: WrittenWeights
+    size_bytes: int
+    sha256: str
+
+
+def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertOptions) -> ItemResult:
     source = target.found.path
-    fmt = target.found.format or ""
+    fmt = target.found.format
+    if fmt is None:  # discovery gives unknown files a problem; never reached for real files
+        raise CkptError("not a checkpoint (unrecognised content)")
     before = fingerprint(source, fmt)
-    plan = make_plan(source, fmt, target.exp_root,
-                     PlanOptions(metadata_only=options.metadata_only, keras_model=options.keras_model))
-    files = plan.files
-    source_hash: dict[str, Any] = {}
-    hasher = threading.Thread(target=_hash_into, args=(files, source_hash), daemon=True)
-    hasher.start()  # hashing the source overlaps writing the weights (hashlib drops the GIL)
-    weights_info: dict[str, Any] | None = None
-    written_weights: Path | None = None
-    weights_tmp = temp_path_for(weights_path)
-    try:
-        if plan.write_weights is not None:
-            _refuse_foreign_file(weights_path)
-            weights_info = plan.write_weights(weights_tmp)
-            # The file's sha256, its read-back verification and its fsync are independent:
-            # hash on a thread (hashlib releases the GIL) while this thread verifies and syncs.
-            weights_hash: dict[str, Any] = {}
-            hashing = threading.Thread(target=_hash_into, args=([weights_tmp], weights_hash))
-            hashing.start()
-            try:
-                verify_datasets(weights_tmp, weights_info.pop(CHECKSUMS, {}))
-                with open(weights_tmp, "rb") as handle:
-                    os.fsync(handle.fileno())
-            finally:
-                hashing.join()
-            if "error" in weights_hash:
-                raise weights_hash["error"]
-            weights_info["size_bytes"] = weights_tmp.stat().st_size
-            weights_info["sha256"] = weights_hash["sha256"]
-            written_weights = weights_path
-        hasher.join()
-        if "error" in source_hash:
-            raise source_hash["error"]
-        if fingerprint(source, fmt) != before:
-            raise CkptError("source changed while it was being converted; run again")
-        if plan.native_weights is not None:
-            weights_info = native_weights_info(plan.native_weights)
-            weights_info["size_bytes"] = before.size_bytes
-            weights_info["sha256"] = source_hash["sha256"]
-        described = written_weights or plan.native_weights
-        sidecar = _build_sidecar(target, plan, before, source_hash["sha256"], described,
-                                 sidecar_path, weights_info)
-        if written_weights is not None:
-            _refuse_foreign_file(weights_path)
-            # Retire the old sidecar first: it vouches for the old weights, and a kill between
-            # the two renames must never leave it describing the new ones.
-            if sidecar_path.exists():
-                sidecar_path.unlink()
-                fsync_dir(sidecar_path.parent)
-            os.replace(weights_tmp, weights_path)
-            fsync_dir(weights_path.parent)
-        write_atomic(sidecar_path, sidecar_yaml(sidecar))  # last: it vouches for the weights
-    finally:
-        weights_tmp.unlink(missing_ok=True)
-    note = "; ".join(plan.notes) or None
-    return ItemResult(source, "converted", note, written_weights, sidecar_path)
+    opened, gathered, plan = plan_conversion(source, fmt, target.exp_root, options)
+    weights_tmp = temp_path_for(outputs.weights)
+    # Hashing (hashlib releases the GIL) overlaps writing, verifying and syncing.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptctl-hash") as pool:
+        try:
+            source_hash = pool.submit(sha256_files, opened.files)
+            weights: _Weights | None = None
+            if plan.write is not None:
+                weights = _write_weights(plan, outputs.weights, weights_tmp, pool)
+            source_sha256 = source_hash.result()
+            if fingerprint(source, fmt) != before:
+                raise SourceChangedError("source changed while it was being converted; run again")
+            if plan.native is not None and plan.describe_native is not None:
+                weights = _Weights(plan.native, plan.describe_native(), before.size_bytes,
+                                   source_sha256)
+            sidecar = _build_sidecar(target, opened.format, opened.files, gathered, before,
+                                     source_sha256, outputs.sidecar, weights)
+            if plan.write is not None:
+                _refuse_foreign_file(outputs.weights)
+                # Retire the old sidecar first: it vouches for the old weights, and a kill
+                # between the two renames must never leave it describing the new ones.
+                if outputs.sidecar.exists():
+                    outputs.sidecar.unlink()
+                    fsync_dir(outputs.sidecar.parent)
+                os.replace(weights_tmp, outputs.weights)
+                fsync_dir(outputs.weights.parent)
+            write_atomic(outputs.sidecar, sidecar_yaml(sidecar))  # last: it vouches for the weights
+        finally:
+            weights_tmp.unlink(missing_ok=True)
+    written = outputs.weights if plan.write is not None else None
+    return ItemResult(source, "converted", None, None, list(plan.notes), written, outputs.sidecar)
+
+
+def _write_weights(plan: WeightsPlan, weights_path: Path, tmp: Path, pool: ThreadPoolExecutor) -> _Weights:
+    from ..layouts.ckptctl_tensors import verify_datasets
+
+    assert plan.write is not None
+    _refuse_foreign_file(weights_path)
+    written = plan.write(tmp)
+    # The file's sha256, its read-back verification and its fsync are independent.
+    weights_hash = pool.submit(sha256_files, [tmp])
+    verify_datasets(tmp, written.checksums)
+    fsync_file(tmp)
+    sha256 = weights_hash.result()
+    return _Weights(weights_path, written, tmp.stat().st_size, sha256)
 
 
 def _refuse_foreign_file(weights_path: Path) -> None:
@@ -374,34 +386,31 @@ def _refuse_foreign_file(weights_path: Path) -> None:
                                   "not overwritten (move it or convert elsewhere)")
 
 
-def _hash_into(paths: list[Path], out: dict[str, Any]) -> None:
-    try:
-        out["sha256"] = sha256_files(paths)
-    except OSError as exc:
-        out["error"] = exc
-
-
-def _build_sidecar(target: Target, plan: Plan, stat: Fingerprint, source_sha256: str,
-                   weights_path: Path | None, sidecar_path: Path,
-                   weights_info: dict[str, Any] | None) -> Sidecar:
-    g = plan.gathered
+def _build_sidecar(target: Target, fmt: str, files: list[Path], g: Gathered, stat: Fingerprint,
+                   source_sha256: str, sidecar_path: Path, weights: _Weights | None) -> Sidecar:
     contents = g.group("contents")
     contents["resumable"] = bool(contents.get("model_weights") and contents.get("optimizer_state"))
-    model = g.group("model")
     folder = sidecar_path.parent
+    weights_info = None
+    if weights is not None:
+        w = weights.written
+        weights_info = {"layout": w.layout, "layout_version": w.layout_version,
+                        "tensor_count": w.tensor_count, "parameter_count": w.parameter_count,
+                        "dtypes": w.dtypes, "state_dict_key": w.state_dict_key,
+                        "size_bytes": weights.size_bytes, "sha256": weights.sha256}
     doc = {
         "schema_version": SCHEMA_VERSION,
         "checkpoint_path": os.path.relpath(target.found.path, folder),
-        "weights_path": os.path.relpath(weights_path, folder) if weights_path else None,
+        "weights_path": os.path.relpath(weights.path, folder) if weights else None,
         "exp_name": target.exp_name,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"format": plan.format, "size_bytes": stat.size_bytes,
+        "source": {"format": fmt, "size_bytes": stat.size_bytes,
                    "mtime": stat.mtime, "sha256": source_sha256,
-                   "files": [os.path.relpath(f, folder) for f in plan.files]
-                   if plan.files != [target.found.path] else None},
+                   "files": [os.path.relpath(f, folder) for f in files]
+                   if files != [target.found.path] else None},
         "weights": weights_info,
         "training": g.group("training"),
-        "model": model,
+        "model": g.group("model"),
         "metrics": g.group("metrics"),
         "checkpointing": g.group("checkpointing"),
         "contents": contents,

@@ -25,7 +25,7 @@ from typing import Literal, TypedDict
 import google_crc32c
 import numpy as np
 
-from ..errors import CkptError, CorruptCheckpointError, UnsupportedCheckpointError
+from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
 from .protowire import WireFormatError, iter_fields, read_varint
 from .tensor import STORAGE_NUMPY
 
@@ -503,7 +503,7 @@ def _find_shards(prefix: Path, num_shards: int) -> list[Path]:
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
-        raise CkptError(f"cannot list the checkpoint folder ({exc.strerror})", folder) from None
+        raise ReadError(f"cannot list the checkpoint folder ({exc.strerror})", folder) from None
     for name in names:
         match = pattern.fullmatch(name)
         if match is None:
@@ -531,7 +531,7 @@ def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as exc:
-        raise CkptError(f"cannot read the file ({exc.strerror})", path) from None
+        raise ReadError(f"cannot read the file ({exc.strerror})", path) from None
 
 
 class TFIndexCheckpoint:
@@ -577,7 +577,7 @@ class TFIndexCheckpoint:
 
     def _read_index(self) -> bytes:
         if not self.index_path.is_file():  # also refuses FIFOs and devices, which could hang
-            raise CkptError("not a TF-index checkpoint: no .index file", self.index_path)
+            raise CorruptCheckpointError("not a TF-index checkpoint: no .index file", self.index_path)
         try:
             size = self.index_path.stat().st_size
             if size > MAX_INDEX_BYTES:
@@ -587,7 +587,7 @@ class TFIndexCheckpoint:
             with open(self.index_path, "rb") as f:
                 return f.read(MAX_INDEX_BYTES + 1)
         except OSError as exc:
-            raise CkptError(f"cannot read the index ({exc.strerror})", self.index_path) from None
+            raise ReadError(f"cannot read the index ({exc.strerror})", self.index_path) from None
 
     def _check_layout(self) -> None:
         """Every entry must fit its dtype and its shard: fail at open, not half-way through."""
@@ -636,7 +636,7 @@ class TFIndexCheckpoint:
                     data = b""
                     got = f.readinto(into)  # buffered: loops until full or end of file
         except OSError as exc:
-            raise CkptError(f"cannot read tensor {entry.name!r} ({exc.strerror})", path
+            raise ReadError(f"cannot read tensor {entry.name!r} ({exc.strerror})", path
                             ) from None
         if got != entry.size:
             raise CorruptCheckpointError(
@@ -817,7 +817,7 @@ def open_tf_index(path: str | os.PathLike[str]) -> TFIndexCheckpoint:
     prefix = prefix_of(path)
     index = _sibling(prefix, ".index")
     if not index.is_file():
-        raise CkptError("not a TF-index checkpoint: no .index file", index)
+        raise CorruptCheckpointError("not a TF-index checkpoint: no .index file", index)
     return TFIndexCheckpoint(prefix)
 
 

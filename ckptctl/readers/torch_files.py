@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import CkptError, CorruptCheckpointError, UnsupportedCheckpointError
+from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
 from .tensor import StorageRef
 from .unpickler import restricted_load, storage_ref_from_pid
 
@@ -108,7 +108,7 @@ def open_torch(path: Path, head: bytes | None = None) -> TorchFile:
             exc.path = path
         raise
     except OSError as exc:
-        raise CkptError(f"cannot read ({exc.strerror or exc})", path) from exc
+        raise ReadError(f"cannot read ({exc.strerror or exc})", path) from exc
     raise UnsupportedCheckpointError("not a torch.save file", path)
 
 

@@ -13,7 +13,7 @@ END = "<!-- cli-reference:end -->"
 
 
 def reference() -> str:
-    from . import COMMANDS, cli
+    from ckptctl.cli import COMMANDS, cli
 
     parts = []
     for args in ([], *([name] for name in COMMANDS)):

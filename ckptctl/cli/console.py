@@ -1,0 +1,111 @@
+"""The one output sink of the CLI: results on stdout (tables on a terminal, JSON/CSV for
+scripts), errors, warnings and notes on stderr, and one way to end with an exit code.
+
+Every command gets a ``Console`` and never calls ``click.echo`` or ``sys.exit`` itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+#: Exit codes (README: Exit codes)
+EXIT_OK = 0
+EXIT_FAILED = 1  # some checkpoint or sidecar failed; the others were still handled
+EXIT_USAGE = 2   # click's own code for bad options
+
+
+class Console:
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+
+    # --- stderr: what happened along the way ---------------------------------------------
+
+    def message(self, text: str) -> None:
+        click.echo(text, err=True)
+
+    def error(self, path: object, reason: str) -> None:
+        click.echo(f"error: {path}: {reason}", err=True)
+
+    def warning(self, text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
+    def warnings(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            self.warning(text)
+
+    def note(self, text: str) -> None:
+        click.echo(f"note: {text}", err=True)
+
+    def detail(self, text: str) -> None:
+        """Shown only with --verbose (e.g. the traceback of an internal error)."""
+        if self.verbose:
+            click.echo(text, err=True)
+
+    # --- stdout: the result ----------------------------------------------------------------
+
+    def line(self, text: str) -> None:
+        click.echo(text)
+
+    def json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str))
+
+    def csv(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        click.echo(buffer.getvalue(), nl=False)
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        from rich import box
+        from rich.console import Console as RichConsole
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*["" if v is None else str(v) for v in row])
+        if sys.stdout.isatty():
+            RichConsole(highlight=False).print(table)
+            return
+        # Piped output: one row per line (no wrapping at 80 columns), no colour, no trailing blanks.
+        console = RichConsole(width=1000, no_color=True, highlight=False, color_system=None)
+        with console.capture() as capture:
+            console.print(table)
+        lines = [line.rstrip() for line in capture.get().splitlines()]
+        click.echo("\n".join(line for line in lines if line.strip()))
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def exit(self, code: int) -> NoReturn:
+        raise SystemExit(code)
+
+    def usage_error(self, text: str) -> NoReturn:
+        raise click.UsageError(text)
+
+    def fail(self, text: str) -> NoReturn:
+        """A command-level failure (not about one file): ``error: text``, exit 1."""
+        raise click.ClickException(text)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def fmt_number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,30 @@
+"""Options shared by several commands, defined once so they read and behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def no_recursive(function: F) -> F:
+    return click.option("--no-recursive", is_flag=True,
+                        help="Only look at the given folders, not below.")(function)
+
+
+def output_format(*choices: str, help: str = "Output format.") -> Callable[[F], F]:
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=choices[0],
+                        show_default=True, help=help)
+
+
+def output_dir(help: str) -> Callable[[F], F]:
+    return click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+#: convert's wording; scan and validate look where it wrote
+OUTPUT_DIR_LOOK = ("Look for outputs under DIR, as written by convert --output-dir "
+                   "(give the same folders you gave convert).")

@@ -1,0 +1,124 @@
+"""Keras 3's own files: ``x.weights.h5`` (``save_weights``) and ``x.keras`` (``model.save``).
+
+Keras 3 already loads them, so they are never rewritten: ``convert`` writes a sidecar that
+describes the file (for ``.weights.h5`` the source *is* the weights file).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import CorruptCheckpointError
+from ..metadata import Gathered
+from ..readers.keras_files import keras_zip_kind
+from .base import (
+    NOT_A_SOURCE,
+    FormatId,
+    FoundCheckpoint,
+    OpenedSource,
+    Probe,
+    Sniffed,
+    SourceFormat,
+    WeightsOptions,
+    WeightsPlan,
+    WrittenWeights,
+)
+from .keras2_h5 import H5_SUFFIXES, probe_h5_kind
+from .keras_weights import KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION
+
+KERAS_SUFFIX = ".keras"
+
+
+class Keras3Native(SourceFormat):
+    ids = ("keras3-weights-h5", "keras3-keras")
+    promised_suffixes: ClassVar[tuple[str, ...]] = (KERAS_SUFFIX,)
+    writes_weights: ClassVar[bool] = False
+
+    def sniff(self, probe: Probe) -> Sniffed:
+        name = probe.name
+        if name.endswith(KERAS_SUFFIX):
+            unreadable = probe.unreadable()
+            if unreadable is not None:
+                return unreadable
+            kind = keras_zip_kind(probe.path)
+            if kind == "keras3-keras":
+                return FoundCheckpoint(probe.path, "keras3-keras")
+            if kind == "broken-keras":
+                return FoundCheckpoint(probe.path, None, "damaged Keras .keras archive (truncated?)")
+            return NOT_A_SOURCE  # a zip named .keras that is not Keras'
+        if name.endswith(H5_SUFFIXES) and probe.unreadable() is None \
+                and probe_h5_kind(probe) == "keras3-weights-h5":
+            return FoundCheckpoint(probe.path, "keras3-weights-h5")
+        return None
+
+    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+        return OpenedKeras3Native(path, fmt)
+
+
+class OpenedKeras3Native(OpenedSource):
+    def __init__(self, path: Path, fmt: FormatId) -> None:
+        self.path = path
+        self.format = fmt
+        self.files = [path]
+
+    def read_metadata(self, g: Gathered) -> None:
+        g.offer("training.framework", "keras", "checkpoint")
+        if self.format == "keras3-keras":
+            _archive_metadata(self.path, g)
+        g.offer("contents.model_weights", True, "checkpoint")
+
+    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+        if self.format != "keras3-weights-h5":
+            return WeightsPlan()  # a .keras archive: described by its sidecar alone
+        return WeightsPlan(native=self.path,
+                           describe_native=lambda: describe_native_weights(self.path))
+
+
+def _archive_metadata(path: Path, g: Gathered) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+            config = json.loads(archive.read("config.json")) if "config.json" in names else {}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CorruptCheckpointError(f"unreadable .keras archive ({exc})") from exc
+    if isinstance(meta, dict):
+        g.offer("training.framework_version", meta.get("keras_version"), "checkpoint:metadata.json")
+        g.offer("checkpointing.saved_at_text", meta.get("date_saved"), "checkpoint:metadata.json")
+    if isinstance(config, dict):
+        g.offer("model.architecture", config.get("class_name"), "checkpoint:config.json")
+        compile_config = config.get("compile_config")
+        if isinstance(compile_config, dict):
+            g.offer("model.training_config", compile_config, "checkpoint:config.json")
+
+
+def describe_native_weights(path: Path) -> WrittenWeights:
+    """The ``weights`` section for a Keras 3 ``.weights.h5`` that is its own weights file."""
+    import h5py
+
+    from ..readers.keras_model import H5_ERRORS
+
+    count = elements = 0
+    dtypes: dict[str, int] = defaultdict(int)
+
+    def visit(_: str, obj: Any) -> None:
+        nonlocal count, elements
+        if isinstance(obj, h5py.Dataset):
+            count += 1
+            elements += int(obj.size)
+            dtypes[str(obj.dtype)] += 1
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except H5_ERRORS as exc:
+        raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
+    return WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
+                          dict(sorted(dtypes.items())))
+
+
+KERAS3_NATIVE = Keras3Native()

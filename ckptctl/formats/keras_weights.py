@@ -1,0 +1,137 @@
+"""Writing Keras weights, shared by the TF-index and Keras 2 HDF5 formats: the Keras 3
+``.weights.h5`` layout when the structure maps onto it, else the ``ckptctl-tensors``
+fallback with the reason; and ``--keras-model`` verification."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..errors import KerasModelMismatchError, UnsupportedCheckpointError, UsageError
+from ..layouts.keras3 import KLayer, Unmappable, keras3_mapping, write_keras3_weights
+from ..metadata import Gathered
+from .base import FormatId, WeightsOptions, WeightsPlan, WeightsWriter, WrittenWeights
+
+if TYPE_CHECKING:
+    from ..layouts.ckptctl_tensors import TensorToWrite
+
+KERAS3_LAYOUT = "keras3"
+TENSORS_LAYOUT = "ckptctl-tensors"  # layouts.ckptctl_tensors.LAYOUT, without importing h5py
+KERAS3_LAYOUT_VERSION = "1.0"
+
+
+def _keras3_writer(model: KLayer, source_format: FormatId, options: WeightsOptions) -> WeightsWriter:
+    mapped = keras3_mapping(model)  # raises Unmappable before anything is written
+
+    def write(tmp: Path) -> WrittenWeights:
+        from ..layouts.ckptctl_tensors import verify_datasets
+
+        count, elements, checksums = write_keras3_weights(
+            tmp, model, mapped, {"writer": f"ckptctl {__version__}", "source_format": source_format})
+        if options.keras_model:
+            verify_datasets(tmp, checksums)  # before Keras reads it: a bad file must not load
+            verify_with_keras_model(options.keras_model, tmp)
+            checksums = {}
+        dtypes: dict[str, int] = defaultdict(int)
+        for item in mapped:
+            dtypes[item.variable.dtype] += 1
+        return WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
+                              dict(sorted(dtypes.items())), checksums=checksums)
+
+    return write
+
+
+def _fallback_writer(items: list[TensorToWrite], source_format: FormatId) -> WeightsWriter:
+    def write(tmp: Path) -> WrittenWeights:
+        from ..layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION, write_tensors
+
+        summary = write_tensors(tmp, items, {"source_format": source_format,
+                                             "writer": f"ckptctl {__version__}"})
+        dtypes: dict[str, int] = defaultdict(int)
+        for item in items:
+            dtypes[item.dtype] += 1
+        return WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
+                              summary.parameter_count, dict(sorted(dtypes.items())),
+                              checksums=summary.checksums)
+
+    return write
+
+
+def keras3_or_fallback(fmt: FormatId, g: Gathered, model: KLayer | None, why_not: str | None,
+                       fallback: Callable[[], list[TensorToWrite]],
+                       options: WeightsOptions) -> WeightsPlan:
+    """The Keras 3 layout when ``model`` maps onto it; else every model variable in the
+    ``ckptctl-tensors`` layout, with a note saying why (never with --keras-model)."""
+    if model is not None:
+        try:
+            plan = WeightsPlan(write=_keras3_writer(model, fmt, options))
+            g.offer("contents.model_weights", True, "checkpoint")
+            return plan
+        except Unmappable as exc:
+            why_not = exc.message
+    if options.keras_model:
+        raise UnsupportedCheckpointError(f"cannot map onto a Keras 3 layout: {why_not}")
+    items = fallback()
+    if not items:
+        raise UnsupportedCheckpointError(f"no model variables found ({why_not})")
+    g.offer("contents.model_weights", True, "checkpoint")
+    return WeightsPlan(write=_fallback_writer(items, fmt),
+                       notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
+
+
+def verify_with_keras_model(spec: str, weights: Path) -> None:
+    """Build the user's Keras 3 model (``module:function``), load ``weights`` into it, and
+    require the same variables at the same paths with the same shapes as Keras would save."""
+    import h5py
+
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise UsageError(f"--keras-model must be module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the user's own modules are found
+    try:
+        builder = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--keras-model {spec}: {exc}") from exc
+    model = builder()
+    with tempfile.TemporaryDirectory() as scratch:
+        expected_path = Path(scratch) / "expected.weights.h5"
+        model.save_weights(str(expected_path))
+        expected = _dataset_shapes(h5py, expected_path)
+    got = _dataset_shapes(h5py, weights)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append("model variables not in the checkpoint: " + ", ".join(missing[:5]))
+        if extra:
+            parts.append("checkpoint variables the model lacks: " + ", ".join(extra[:5]))
+        if wrong:
+            parts.append("shape mismatch at " + ", ".join(f"{k} {got[k]} vs {expected[k]}" for k in wrong[:5]))
+        raise KerasModelMismatchError("does not match --keras-model: " + "; ".join(parts))
+    try:
+        model.load_weights(str(weights))
+    except Exception as exc:  # Keras' own check; any failure fails this checkpoint
+        raise KerasModelMismatchError(
+            f"--keras-model {spec} rejected the weights: {str(exc).splitlines()[0]}") from exc
+
+
+def _dataset_shapes(h5py: Any, path: Path) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            shapes[name] = tuple(obj.shape)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return shapes

@@ -1,0 +1,156 @@
+"""PyTorch checkpoints: ``torch.save`` files, zip (torch >= 1.6) and legacy, Lightning included.
+
+Read with the restricted unpickler (no code from the file runs); weights become the
+``ckptctl-tensors`` layout, bit-exact, ties kept.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ... import __version__
+from ...errors import CkptError, UnsupportedCheckpointError
+from ...metadata import Gathered
+from ...readers.tensor import LazyTensor, StorageRef
+from ...readers.torch_files import (
+    ZIP_ERRORS,
+    TorchFile,
+    open_torch,
+    sniff_torch,
+    torch_zip_prefix,
+)
+from ..base import (
+    FormatId,
+    FoundCheckpoint,
+    OpenedSource,
+    Probe,
+    Sniffed,
+    SourceFormat,
+    WeightsOptions,
+    WeightsPlan,
+    WrittenWeights,
+)
+from .metadata import (
+    STATE_DICT_KEYS,
+    as_mapping,
+    find_state_dict,
+    gather_from_checkpoint,
+    unsupported_tensors,
+)
+
+#: extensions that promise a torch checkpoint: such a file that is not one is *reported*
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class _TorchFormat(SourceFormat):
+    promised_suffixes: ClassVar[tuple[str, ...]] = TORCH_SUFFIXES
+
+    def check_structure(self, path: Path) -> None:
+        open_torch(path)
+
+    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+        return OpenedTorch(open_torch(path))
+
+
+class TorchZip(_TorchFormat):
+    ids = ("torch-zip",)
+
+    def sniff(self, probe: Probe) -> Sniffed:
+        try:
+            head = probe.head()
+        except OSError:
+            return None
+        if sniff_torch(head) != "zip":
+            return None
+        promised = probe.name.endswith(TORCH_SUFFIXES)
+        try:
+            with zipfile.ZipFile(probe.path) as archive:
+                if torch_zip_prefix(archive.namelist()) is not None:
+                    return FoundCheckpoint(probe.path, "torch-zip")
+        except ZIP_ERRORS:
+            return (FoundCheckpoint(probe.path, "torch-zip", "damaged zip archive (truncated?)")
+                    if promised else None)
+        if promised:
+            return FoundCheckpoint(probe.path, None, "zip archive without torch data", "unrecognised")
+        return None
+
+
+class TorchLegacy(_TorchFormat):
+    ids = ("torch-legacy",)
+
+    def sniff(self, probe: Probe) -> Sniffed:
+        try:
+            head = probe.head()
+        except OSError:
+            return None
+        return FoundCheckpoint(probe.path, "torch-legacy") if sniff_torch(head) == "torch-legacy" else None
+
+
+class OpenedTorch(OpenedSource):
+    def __init__(self, checkpoint: TorchFile) -> None:
+        self.checkpoint = checkpoint
+        self.format = "torch-legacy" if checkpoint.format == "torch-legacy" else "torch-zip"
+        self.files = [checkpoint.path]
+        self.state_key, self.state_dict = find_state_dict(checkpoint.obj)
+
+    def read_scalar(self, tensor: LazyTensor) -> Any:
+        try:
+            return tensor.read(self.checkpoint, self.checkpoint.big_endian).reshape(-1)[0].item()
+        except CkptError:
+            return None
+
+    def read_metadata(self, g: Gathered) -> None:
+        gather_from_checkpoint(self.checkpoint.obj, self.checkpoint.path, g, self.read_scalar)
+        g.offer("contents.model_weights", self.state_dict is not None, "checkpoint")
+
+    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+        state_dict = self.state_dict
+        if state_dict is None:
+            obj = self.checkpoint.obj
+            mapping = as_mapping(obj)
+            nested = [mapping[k] for k in STATE_DICT_KEYS if mapping is not None and k in mapping]
+            bad = unsupported_tensors(obj) + [b for n in nested for b in unsupported_tensors(n)]
+            if bad:
+                raise UnsupportedCheckpointError("cannot convert tensors: " + ", ".join(bad[:5]))
+            raise UnsupportedCheckpointError(
+                "no model state dict found (looked for " + ", ".join(STATE_DICT_KEYS)
+                + " or a bare name->tensor mapping); use --metadata-only for a sidecar alone")
+        return WeightsPlan(write=lambda tmp: self._write(state_dict, tmp))
+
+    def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path) -> WrittenWeights:
+        from ...layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION, TensorToWrite, write_tensors
+
+        checkpoint = self.checkpoint
+        checked: set[str] = set()
+
+        def loader(tensor: LazyTensor) -> Callable[[], Any]:
+            def load() -> Any:
+                ref: StorageRef = tensor.storage
+                if ref.key not in checked:  # each storage's crc32 once, before its first use
+                    raw = checkpoint.storage_bytes(ref)
+                    checkpoint.check_storage(ref, raw)
+                    checked.add(ref.key)
+                    del raw
+                return tensor.read(checkpoint, checkpoint.big_endian)
+
+            return load
+
+        dtypes: dict[str, int] = defaultdict(int)
+        items = []
+        for name, tensor in state_dict.items():
+            dtypes[tensor.dtype] += 1
+            items.append(TensorToWrite(str(name), tensor.dtype, tensor.shape, tensor.view_key,
+                                       loader(tensor)))
+        summary = write_tensors(tmp, items, {"source_format": self.format,
+                                             "writer": f"ckptctl {__version__}"})
+        return WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
+                              summary.parameter_count, dict(sorted(dtypes.items())),
+                              self.state_key, summary.checksums)
+
+
+TORCH_ZIP = TorchZip()
+TORCH_LEGACY = TorchLegacy()
