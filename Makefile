@@ -29,6 +29,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check ckptctl tests benchmarks examples
+	$(PY) -m mypy
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 bench: setup

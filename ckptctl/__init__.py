@@ -73,7 +73,8 @@ def find_checkpoint_for_loading(path: str | Path) -> FoundForLoading:
     a Keras 2 ``.h5`` or a torch file).
 
     ``path`` may name either form: ``run/model.ckpt`` or ``run/model.weights.h5``. Mirrors the
-    fallback Keras 3 users wrote by hand after the upgrade (seed 000), without importing Keras.
+    fallback Keras 3 users write by hand after upgrading (try the .weights.h5, else the legacy
+    file), without importing Keras.
     """
     path = Path(path)
     name = path.name

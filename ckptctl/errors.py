@@ -29,9 +29,16 @@ ErrorKind = Literal[
 
 
 class CkptError(Exception):
-    """An expected failure about one file: reported as one line, never as a traceback."""
+    """An expected failure about one file: reported as one line, never as a traceback.
+
+    Each subclass names its ``kind``: ``class ReadError(CkptError, kind="os")``."""
 
     kind: ClassVar[ErrorKind] = "corrupt"
+
+    def __init_subclass__(cls, kind: ErrorKind | None = None, **rest: object) -> None:
+        super().__init_subclass__(**rest)
+        if kind is not None:
+            cls.kind = kind
 
     def __init__(self, message: str, path: object | None = None) -> None:
         super().__init__(message)
@@ -49,10 +56,17 @@ def describe_error(exc: CkptError, source: object) -> str:
     return exc.message
 
 
-class UnsafePickleError(CkptError):
-    """The pickle references callables that could run code; it is refused, never executed."""
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The kind of any exception met while handling one file."""
+    if isinstance(exc, CkptError):
+        return exc.kind
+    if isinstance(exc, OSError):
+        return "os"
+    return "internal"
 
-    kind = "unsafe"
+
+class UnsafePickleError(CkptError, kind="unsafe"):
+    """The pickle references callables that could run code; it is refused, never executed."""
 
     def __init__(self, globals_found: list[str], path: object | None = None) -> None:
         self.globals_found = sorted(set(globals_found))
@@ -64,76 +78,31 @@ class UnsafePickleError(CkptError):
         )
 
 
-class CorruptCheckpointError(CkptError):
-    """The file looks like a checkpoint but its bytes are broken (truncated, bad records)."""
-
-    kind = "corrupt"
-
-
-class UnsupportedCheckpointError(CkptError):
-    """The file is well-formed but holds something ckptctl cannot convert (yet)."""
-
-    kind = "unsupported"
-
-
-class ReadError(CkptError):
-    """The operating system refused to read a file (permissions, vanished, I/O error)."""
-
-    kind = "os"
-
-
-class OutputConflictError(CkptError):
-    """Two sources would write the same output files, or a foreign file is in the way."""
-
-    kind = "conflict"
+# The file looks like a checkpoint but its bytes are broken (truncated, bad records).
+class CorruptCheckpointError(CkptError, kind="corrupt"): ...
+# The file is well-formed but holds something ckptctl cannot convert (yet).
+class UnsupportedCheckpointError(CkptError, kind="unsupported"): ...
+# The operating system refused to read a file (permissions, vanished, I/O error).
+class ReadError(CkptError, kind="os"): ...
+# Two sources would write the same output files, or a foreign file is in the way.
+class OutputConflictError(CkptError, kind="conflict"): ...
+# Converted weights do not line up with the model --keras-model builds.
+class KerasModelMismatchError(CkptError, kind="mismatch"): ...
+# The source changed while it was being converted.
+class SourceChangedError(CkptError, kind="changed"): ...
+# Weights just written read back differently from what was meant to be written.
+class VerificationError(CkptError, kind="verify"): ...
+# An option value that cannot work (a malformed spec, an unknown sort key).
+class UsageError(CkptError, kind="usage"): ...
+# A sidecar cannot be read or does not match the schema.
+class SidecarError(CkptError, kind="sidecar"): ...
 
 
-class KerasModelMismatchError(CkptError):
-    """Converted weights do not line up with the model ``--keras-model`` builds."""
-
-    kind = "mismatch"
-
-
-class SourceChangedError(CkptError):
-    """The source changed while it was being converted."""
-
-    kind = "changed"
-
-
-class VerificationError(CkptError):
-    """Weights just written read back differently from what was meant to be written."""
-
-    kind = "verify"
-
-
-class UsageError(CkptError):
-    """An option value that cannot work (a malformed spec, an unknown sort key)."""
-
-    kind = "usage"
-
-
-class SidecarError(CkptError):
-    """A sidecar cannot be read or does not match the schema."""
-
-    kind = "sidecar"
-
-
-class NewerSidecarError(SidecarError):
+class NewerSidecarError(SidecarError, kind="newer-schema"):
     """A sidecar written by a newer ckptctl than this one: never misread or overwritten."""
-
-    kind = "newer-schema"
 
     def __init__(self, found: str, supported: str, path: object | None = None) -> None:
         super().__init__(f"written by a newer ckptctl (sidecar schema {found}; this ckptctl "
                          f"reads up to {supported}): upgrade ckptctl", path)
         self.found = found
         self.supported = supported
-
-
-def kind_of(exc: BaseException) -> ErrorKind:
-    """The kind of any exception met while handling one file."""
-    if isinstance(exc, CkptError):
-        return exc.kind
-    if isinstance(exc, OSError):
-        return "os"
-    return "internal"

@@ -93,10 +93,10 @@ class Gathered:
 
 def _agrees(a: Any, b: Any, tolerance: float) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return bool(a == b)
     if isinstance(a, int | float) and isinstance(b, int | float):
         return abs(float(a) - float(b)) <= max(tolerance, 1e-6 * max(abs(a), abs(b)))
-    return a == b
+    return bool(a == b)
 
 
 def architecture(config: Mapping[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ class SourceInfo(_Strict):
     size_bytes: int = Field(ge=0)
     mtime: float = Field(description="POSIX seconds of the source when converted")
     sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$", description="over the files' bytes, in order")
-    files: list[str] | None = Field(None, description="a multi-file checkpoint's files (TF-index: index, shards)")
+    files: list[str] | None = Field(default=None, description="a multi-file checkpoint's files (TF-index: index, shards)")
 
 
 class WeightsInfo(_Strict):
@@ -37,7 +37,7 @@ class WeightsInfo(_Strict):
     tensor_count: int = Field(ge=0)
     parameter_count: int = Field(ge=0, description="elements stored; tied tensors counted once")
     dtypes: dict[str, int] = Field(default_factory=dict, description="dtype -> tensor count")
-    state_dict_key: str | None = Field(None, description="where in the source the weights were found")
+    state_dict_key: str | None = Field(default=None, description="where in the source the weights were found")
 
 
 class TrainingInfo(_Strict):
@@ -51,10 +51,10 @@ class ModelInfo(_Strict):
     architecture: str | None = None
     name: str | None = None
     backend: str | None = None
-    run_name: str | None = Field(None, description="the run folder's name (often encodes the config)")
-    training_config: dict[str, JsonValue] | None = Field(None, description="Keras loss/metrics/optimizer")
+    run_name: str | None = Field(default=None, description="the run folder's name (often encodes the config)")
+    training_config: dict[str, JsonValue] | None = Field(default=None, description="Keras loss/metrics/optimizer")
     hyper_parameters: dict[str, JsonValue] | None = None
-    config: dict[str, JsonValue] | None = Field(None, description="the model section of the Hydra config")
+    config: dict[str, JsonValue] | None = Field(default=None, description="the model section of the Hydra config")
 
 
 class CheckpointingInfo(_Strict):
@@ -62,15 +62,15 @@ class CheckpointingInfo(_Strict):
     mode: Literal["min", "max"] | None = None
     save_top_k: int | None = None
     save_last: bool | None = None
-    score: float | None = Field(None, description="this checkpoint's value of `monitor`")
+    score: float | None = Field(default=None, description="this checkpoint's value of `monitor`")
     best_model_score: float | None = None
-    best_when_saved: bool | None = Field(None, description="this file was the best so far when written (later epochs may beat it)")
+    best_when_saved: bool | None = Field(default=None, description="this file was the best so far when written (later epochs may beat it)")
     best_epoch: int | None = None
-    role: str | None = Field(None, description="CheckpointManager folder: last or best")
+    role: str | None = Field(default=None, description="CheckpointManager folder: last or best")
     save_counter: int | None = None
-    saved_at: float | None = Field(None, description="POSIX time from the TF checkpoint state file")
+    saved_at: float | None = Field(default=None, description="POSIX time from the TF checkpoint state file")
     saved_at_text: str | None = None
-    is_latest: bool | None = Field(None, description="the state file's model_checkpoint_path")
+    is_latest: bool | None = Field(default=None, description="the state file's model_checkpoint_path")
 
 
 class ContentsInfo(_Strict):
@@ -79,7 +79,7 @@ class ContentsInfo(_Strict):
     optimizer_state: bool = False
     lr_scheduler_state: bool = False
     rng_state: bool = False
-    resumable: bool = Field(False, description="weights + optimizer state present")
+    resumable: bool = Field(default=False, description="weights + optimizer state present")
 
 
 class Conflict(_Strict):

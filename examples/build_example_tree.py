@@ -26,7 +26,7 @@ of the raw little-endian C-order bytes). ``kind`` is one of
   ``stored_callback_state`` (the ModelCheckpoint state *as stored in that file*, paths made
   relative), ``logged_metrics`` (validation metrics of that epoch), ``hyper_parameters``,
   ``lightning_version`` and, for the OCR run, ``cleval_metrics``.
-* ``"training_dict"``: seed-style ``torch.save`` dict; adds ``values`` (scalars read back from
+* ``"training_dict"``: a research-code ``torch.save`` dict; adds ``values`` (scalars read back from
   the file), ``filename_values`` (numbers encoded in the file name) and ``expected_conflict``.
 * ``"wrapped_state_dict"``: ``{"state_dict": ..., ...}`` without trainer state.
 * ``"state_dict"``: a bare ``{name: tensor}`` mapping.

@@ -21,7 +21,7 @@ Tree
     (``save_weights_only``, one per epoch), plus ``full_model.h5`` (``model.save``).
 ``tf_manager/<fingerprint>/{last,best}/ckpt-N.*``  a Keras 3 model, its optimizer and
     ``epoch``/``global_step``/``best_metric``/``best_epoch`` variables in one
-    ``tf.train.Checkpoint`` saved by two ``CheckpointManager``s (seed 004's layout); the state
+    ``tf.train.Checkpoint`` saved by two ``CheckpointManager``s (the layout of a custom TF training loop); the state
     file ``best/checkpoint`` is deleted afterwards (stale-state case), ``last/checkpoint`` kept.
 ``keras3_native/native.weights.h5`` and ``native.keras``  Keras 3 ``save_weights`` / ``save``.
 
@@ -93,7 +93,7 @@ MANAGER_STEPS = (776, 777)  # global steps of the two CheckpointManager saves
 MANAGER_STEPS_PER_EPOCH = 8
 MANAGER_SCALE = 20.0
 
-# The seed-004 project's config, reduced to what its run-directory fingerprint reads.
+# A TF research project's config, reduced to what its run-directory fingerprint reads.
 MANAGER_CONFIG: dict[str, Any] = {
     "model": {"name": "mlp", "backbone": "mlp", "num_classes": 3, "priors": {}},
     "data": {"dataset_name": "voc", "input_size": [224, 224],
@@ -606,7 +606,7 @@ def _build_tf_manager(root: Path, libs: SimpleNamespace, seed: int
 
     @tf.function
     def train_step(xb: Any, yb: Any) -> Any:
-        # A custom loop like seed 004's trainer: no compile(), the optimizer stays separate.
+        # A custom training loop: no compile(), the optimizer stays separate.
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(model(xb, training=True) - yb))
         grads = tape.gradient(loss, model.trainable_variables)
@@ -615,7 +615,7 @@ def _build_tf_manager(root: Path, libs: SimpleNamespace, seed: int
 
     def val_score() -> float:
         val_loss = float(np.mean(np.square(_predict(model, [x_val]) - y_val)))
-        return 1.0 / (1.0 + val_loss)  # "higher is better", like seed 004's val_map
+        return 1.0 / (1.0 + val_loss)  # "higher is better", like a val_map
 
     saved: dict[str, dict[str, Any]] = {}  # prefix -> what the objects held at save time
     scores: dict[int, float] = {}
@@ -627,7 +627,7 @@ def _build_tf_manager(root: Path, libs: SimpleNamespace, seed: int
             step += 1
         current_epoch = (step - 1) // MANAGER_STEPS_PER_EPOCH
         snapshot = {"predictions": _predict(model, xs), "values": _layer_values(model)}
-        # save_last then save_best, in seed 004's order: the "last" file of a step still
+        # save_last then save_best, in a custom trainer's order: the "last" file of a step still
         # holds the previous best_metric / best_epoch.
         epoch.assign(current_epoch)
         global_step.assign(step)

@@ -23,8 +23,12 @@ from filelock import FileLock
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "tests"))
-# Imported by name after the path tweak (a plain import here would trip ruff's E402).
-builder = importlib.import_module("build_example_tree")
+
+
+def _builder() -> Any:
+    """examples/build_example_tree.py, imported on first use: it imports torch and Lightning,
+    which the fast unit tests never need."""
+    return importlib.import_module("build_example_tree")
 
 Built = tuple[Path, dict[str, Any]]
 
@@ -63,7 +67,7 @@ def _build_once(tmp_path_factory: pytest.TempPathFactory, name: str,
 @pytest.fixture(scope="session")
 def example_tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The clean example tree ``(root, manifest)``. Shared by all tests: do not write to it."""
-    return _build_once(tmp_path_factory, "example_tree", builder.build_example_tree)
+    return _build_once(tmp_path_factory, "example_tree", lambda root: _builder().build_example_tree(root))
 
 
 @pytest.fixture
@@ -87,7 +91,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> Built:
     ``manifest["marker_paths"]`` are the absolute files the payloads would create if ever
     executed; a test must assert none of them exists. Never ``reference_load`` these files.
     """
-    return _build_once(tmp_path_factory, "bad_inputs", builder.build_bad_inputs)
+    return _build_once(tmp_path_factory, "bad_inputs", lambda root: _builder().build_bad_inputs(root))
 
 
 @pytest.fixture

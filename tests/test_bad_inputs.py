@@ -27,6 +27,7 @@ def assert_no_marker(manifest: dict) -> None:
 
 
 def test_batch_reports_each_bad_file_and_converts_the_good_one(fresh_bad_inputs: tuple[Path, dict]) -> None:
+    """Stops: one malicious or broken file aborting a batch, running, leaving half-written outputs or a traceback. Found: designed up front."""
     root, manifest = fresh_bad_inputs
     result = run_process("convert", "--exp-dir", root)  # a real process: exit code and streams
     assert result.returncode == 1
@@ -46,6 +47,7 @@ def test_batch_reports_each_bad_file_and_converts_the_good_one(fresh_bad_inputs:
 
 @pytest.mark.parametrize("name", ["malicious.ckpt", "malicious_eval.pt", "legacy_malicious.pt"])
 def test_dangerous_globals_are_named(bad_inputs: tuple[Path, dict], name: str) -> None:
+    """Stops: os.system/eval payloads in zip and legacy checkpoints loading instead of being refused by name. Found: designed up front."""
     root, manifest = bad_inputs
     with pytest.raises(UnsafePickleError) as caught:
         open_torch(root / name)
@@ -57,6 +59,7 @@ def test_dangerous_globals_are_named(bad_inputs: tuple[Path, dict], name: str) -
 
 
 def test_scan_reports_bad_files_without_running_them(bad_inputs: tuple[Path, dict]) -> None:
+    """Stops: scan running or crashing on hostile files instead of listing them as unreadable. Found: designed up front."""
     root, manifest = bad_inputs
     result = run_cli("scan", root, "--format", "json")
     assert result.exit_code == 1
@@ -71,6 +74,7 @@ def test_scan_reports_bad_files_without_running_them(bad_inputs: tuple[Path, dic
 
 
 def test_truncated_storage_is_reported(tmp_path: Path) -> None:
+    """Stops: a flipped byte in tensor data being converted silently (storage crc32 not checked). Found: designed up front."""
     import torch
 
     path = tmp_path / "cut.pt"
@@ -88,6 +92,7 @@ def test_truncated_storage_is_reported(tmp_path: Path) -> None:
 
 
 def test_corrupt_errors_are_ckpt_errors(bad_inputs: tuple[Path, dict]) -> None:
+    """Stops: a truncated zip escaping as a raw zipfile error instead of CorruptCheckpointError. Found: designed up front."""
     root, _ = bad_inputs
     with pytest.raises(CorruptCheckpointError):
         open_torch(root / "truncated.ckpt")
@@ -97,7 +102,9 @@ PYTHON_TAG = "!!python/object/apply:os.system ['touch {marker}']"
 
 
 def test_yaml_with_python_tags_runs_nothing(tmp_path: Path) -> None:
-    """Sidecars and the Hydra/hparams files read beside checkpoints are parsed with the safe
+    """Stops: !!python/object/apply tags in sidecars, Hydra config or hparams.yaml running code. Found: designed up front.
+
+    Sidecars and the Hydra/hparams files read beside checkpoints are parsed with the safe
     loader only: a python tag is an error (sidecar) or a skipped file (config), never a call."""
     import torch
 
@@ -118,6 +125,7 @@ def test_yaml_with_python_tags_runs_nothing(tmp_path: Path) -> None:
 
 
 def test_lightning_state_key_is_read_as_text() -> None:
+    """Stops: code in Lightning's ModelCheckpoint state key being evaluated (no literal_eval/eval). Found: designed up front."""
     from ckptctl.formats.pytorch.metadata import _state_key_settings
 
     key = ("ModelCheckpoint{'monitor': 'val/hmean', 'mode': 'max', 'every_n_train_steps': 0, "

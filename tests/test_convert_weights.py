@@ -103,7 +103,9 @@ def test_weights_file_root_names_layout_and_version(converted_tree: tuple[Path, 
 
 
 def test_lightning_weights_load_strict_into_the_real_model(converted_tree: tuple[Path, dict]) -> None:
-    from conftest import builder, reference_load
+    from conftest import _builder, reference_load
+
+    builder = _builder()
 
     root, manifest = converted_tree
     for rel, info in manifest["checkpoints"].items():

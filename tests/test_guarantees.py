@@ -1,5 +1,8 @@
 """The README's Guarantees, proved by injecting the real faults: SIGKILL mid-write, several
-converters at once, a full filesystem, a read-only source tree, a file vanishing."""
+converters at once, a full filesystem, a read-only source tree, a file vanishing.
+
+The fault-injection tests (SIGKILL, concurrent processes, ENOSPC, read-only mount) are marked
+``slow``; the in-process ones (busy lock, vanishing file, deep trees, big sidecar) stay quick."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def converting_process(*args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_no_or_complete_outputs(big_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "exp"
     shutil.copytree(big_checkpoint.parent, folder)
@@ -74,6 +78,7 @@ def test_sigkill_at_any_moment_leaves_no_or_complete_outputs(big_checkpoint: Pat
     assert run_cli("validate", "--deep", "--strict", folder).exit_code == 0
 
 
+@pytest.mark.slow
 def test_killed_first_conversion_leaves_nothing_and_next_run_finishes(big_checkpoint: Path,
                                                                      tmp_path: Path) -> None:
     folder = tmp_path / "exp"
@@ -94,6 +99,7 @@ def test_killed_first_conversion_leaves_nothing_and_next_run_finishes(big_checkp
     assert weights.exists()
 
 
+@pytest.mark.slow
 def test_concurrent_converters_write_each_checkpoint_once(fresh_tree: tuple[Path, dict]) -> None:
     root, manifest = fresh_tree
     procs = [converting_process("--outputs-dir", str(root), "-v") for _ in range(4)]
@@ -136,6 +142,7 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 @ROOT_ONLY
 def test_full_disk_fails_one_checkpoint_cleanly_and_the_batch_goes_on(
         tmp_path: Path, small_filesystem: Path) -> None:
@@ -154,6 +161,7 @@ def test_full_disk_fails_one_checkpoint_cleanly_and_the_batch_goes_on(
     assert run_cli("validate", "--deep", small_filesystem).exit_code == 0
 
 
+@pytest.mark.slow
 @ROOT_ONLY
 def test_read_only_source_tree_with_output_dir(tmp_path: Path, fresh_tree: tuple[Path, dict]) -> None:
     root, manifest = fresh_tree

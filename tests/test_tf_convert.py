@@ -20,6 +20,7 @@ from helpers import converted_copy, leftover_temporaries, outputs_exist, run_cli
 import ckptctl
 from ckptctl.outputs import outputs_for
 
+pytestmark = pytest.mark.slow  # every test here builds/uses the TensorFlow tree or imports TF/Keras
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

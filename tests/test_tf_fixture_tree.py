@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here uses the TensorFlow tree or imports TF/Keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 

@@ -4,6 +4,9 @@ Checkpoints are written by the real libraries (tf_keras ``save_weights``, Keras 
 ``tf.train.CheckpointManager``, a size-sharded ``tf.train.Checkpoint``, a TF1 sharded
 ``Saver`` with partitioned variables), once per test run even under xdist. TensorFlow is the
 reference here; the reader itself must never import it.
+
+Every test that builds the checkpoints (``ckpts``) or imports TensorFlow's protobufs is marked
+``slow``; only the pure slice-key and state-file tests run in ``pytest -m "not slow"``.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ def _copy_ckpt(prefix: Path, dest: Path) -> Path:
 # --- equality with TensorFlow -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_CKPTS)
 def test_every_entry_matches_tensorflow(ckpts: Ckpts, name: str) -> None:
     tf = _tf()
@@ -222,6 +226,7 @@ def test_every_entry_matches_tensorflow(ckpts: Ckpts, name: str) -> None:
         assert got.tobytes() == np.ascontiguousarray(expected).tobytes(), tensor
 
 
+@pytest.mark.slow
 def test_dtypes_are_named_like_torch(ckpts: Ckpts) -> None:
     entries = open_tf_index(ckpts["dtypes"]).entries
     dtypes = {n.split("/")[0]: e.dtype for n, e in entries.items()}
@@ -240,6 +245,7 @@ def _tf_graph(data: bytes) -> Any:
     return trackable_object_graph_pb2.TrackableObjectGraph.FromString(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", OBJECT_GRAPH_CKPTS)
 def test_object_graph_matches_tensorflow(ckpts: Ckpts, name: str) -> None:
     tf = _tf()
@@ -265,6 +271,7 @@ def test_object_graph_matches_tensorflow(ckpts: Ckpts, name: str) -> None:
     assert keys <= set(ours.entries)
 
 
+@pytest.mark.slow
 def test_object_graph_details(ckpts: Ckpts) -> None:
     seq = open_tf_index(ckpts["keras2_seq"]).object_graph()
     assert seq is not None
@@ -280,6 +287,7 @@ def test_object_graph_details(ckpts: Ckpts) -> None:
     assert open_tf_index(ckpts["tf1_sharded"]).object_graph() is None  # name-based TF1
 
 
+@pytest.mark.slow
 def test_manager_values(ckpts: Ckpts) -> None:
     last, older = open_tf_index(ckpts["last_777"]), open_tf_index(ckpts["last_776"])
     key = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -287,6 +295,7 @@ def test_manager_values(ckpts: Ckpts) -> None:
     assert float(last.read("best_metric/.ATTRIBUTES/VARIABLE_VALUE")) == pytest.approx(0.93)
 
 
+@pytest.mark.slow
 def test_multi_shard_checkpoints(ckpts: Ckpts) -> None:
     sharded = open_tf_index(ckpts["size_sharded"])
     assert sharded.num_shards > 2
@@ -300,6 +309,7 @@ def test_multi_shard_checkpoints(ckpts: Ckpts) -> None:
                                          ((3334, 1666), (0, 3)))
 
 
+@pytest.mark.slow
 def test_slice_keys_are_encoded_as_tensorflow_does(ckpts: Ckpts) -> None:
     # Every slice key TF really wrote is found by our encoder, and nothing else is there.
     for name in ("size_sharded", "tf1_sharded"):
@@ -318,6 +328,7 @@ def test_slice_key_numbers_sort_like_numbers(value: int) -> None:
 # --- opening, finding, sniffing, state files --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_open_accepts_prefix_index_and_shard(ckpts: Ckpts) -> None:
     prefix = ckpts["size_sharded"]
     shard = open_tf_index(prefix).shard_paths[-1]
@@ -328,7 +339,9 @@ def test_open_accepts_prefix_index_and_shard(ckpts: Ckpts) -> None:
         open_tf_index(prefix.with_name("nothing-here"))
 
 
+@pytest.mark.slow
 def test_find_checkpoints_and_sniff(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: discovery blocking on a FIFO named *.index or taking junk .index files for checkpoints. Found: designed up front."""
     last = ckpts["last_777"].parent
     assert find_tf_checkpoints(last) == [last / "ckpt-776", last / "ckpt-777"]
     best = ckpts["best"].parent
@@ -353,6 +366,7 @@ def test_find_checkpoints_and_sniff(ckpts: Ckpts, tmp_path: Path) -> None:
         open_tf_index(tmp_path / "pipe")
 
 
+@pytest.mark.slow
 def test_state_file_written_by_checkpoint_manager(ckpts: Ckpts) -> None:
     tf = _tf()
     last = ckpts["last_777"].parent
@@ -373,6 +387,7 @@ def test_state_file_written_by_checkpoint_manager(ckpts: Ckpts) -> None:
 
 
 def test_state_file_parsing_is_tolerant(tmp_path: Path) -> None:
+    """Stops: a garbage, binary or oddly escaped 'checkpoint' state file crashing discovery. Found: designed up front."""
     assert read_state_file(tmp_path) is None  # no file
     (tmp_path / "checkpoint").write_text("garbage only {}\n")
     assert read_state_file(tmp_path) is None
@@ -392,6 +407,7 @@ def test_state_file_parsing_is_tolerant(tmp_path: Path) -> None:
     assert read_state_file(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_reader_does_not_import_tensorflow(ckpts: Ckpts) -> None:
     script = (
         "import sys, json\n"
@@ -417,7 +433,9 @@ def test_reader_does_not_import_tensorflow(ckpts: Ckpts) -> None:
 # --- broken checkpoints -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flipped_byte_in_data_shard(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: a flipped byte in a data shard (tensor or object graph) being read silently, not named. Found: designed up front."""
     prefix = _copy_ckpt(ckpts["keras2_seq"], tmp_path)
     ckpt = open_tf_index(prefix)
     for tensor in ("layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE", OBJECT_GRAPH_KEY):
@@ -437,7 +455,9 @@ def test_flipped_byte_in_data_shard(ckpts: Ckpts, tmp_path: Path) -> None:
         ckpt.object_graph()
 
 
+@pytest.mark.slow
 def test_flipped_byte_in_a_slice_of_a_partitioned_variable(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: a flipped byte in one slice of a partitioned variable going unnoticed. Found: designed up front."""
     prefix = _copy_ckpt(ckpts["size_sharded"], tmp_path)
     ckpt = open_tf_index(prefix)
     name = "v1/.ATTRIBUTES/VARIABLE_VALUE"
@@ -452,7 +472,9 @@ def test_flipped_byte_in_a_slice_of_a_partitioned_variable(ckpts: Ckpts, tmp_pat
     assert shard.name in str(err.value) and name in str(err.value)
 
 
+@pytest.mark.slow
 def test_missing_and_extra_shards(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: a missing, stray or renamed data shard being read as a valid shard set. Found: designed up front."""
     prefix = _copy_ckpt(ckpts["size_sharded"], tmp_path / "missing")
     num = open_tf_index(prefix).num_shards
     gone = prefix.with_name(f"ckpt.data-00002-of-{num:05d}")
@@ -485,7 +507,9 @@ def test_missing_and_extra_shards(ckpts: Ckpts, tmp_path: Path) -> None:
     assert open_tf_index(prefix).num_shards == 1
 
 
+@pytest.mark.slow
 def test_truncated_shard(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: a shard truncated before (or shrunk after) opening yielding short or garbage tensors. Found: designed up front."""
     prefix = _copy_ckpt(ckpts["keras2_func"], tmp_path)
     ckpt = open_tf_index(prefix)
     last = max(ckpt.entries.values(), key=lambda e: e.offset + e.size)
@@ -503,7 +527,9 @@ def test_truncated_shard(ckpts: Ckpts, tmp_path: Path) -> None:
     assert err.value.path == shard
 
 
+@pytest.mark.slow
 def test_truncated_or_corrupted_index(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: a truncated or bit-flipped .index (SSTable) being parsed instead of refused by name. Found: designed up front."""
     prefix = _copy_ckpt(ckpts["keras2_func"], tmp_path)
     index = prefix.with_name("model.ckpt.index")
     original = index.read_bytes()
@@ -564,7 +590,9 @@ def _fuzz(prefix: Path, cases: Iterator[bytes], seconds: float) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_fuzzed_raw_index_only_raises_ckpt_errors(ckpts: Ckpts, tmp_path: Path) -> None:
+    """Stops: mutated .index bytes escaping as non-CkptError or hanging over 1 s. Found: designed up front (seeded mutation loop)."""
     prefix = _copy_ckpt(ckpts["keras2_seq"], tmp_path)
     original = prefix.with_name("model.ckpt.index").read_bytes()
     assert _fuzz(prefix, _mutations(original, random.Random(1234)), 0.4) > 50
@@ -648,6 +676,7 @@ def _records(prefix: Path) -> list[tuple[bytes, bytes]]:
     return [(k, bytes(v)) for k, v in _Table(index.read_bytes(), index).records()]
 
 
+@pytest.mark.slow
 def test_table_writer_matches_tensorflow(ckpts: Ckpts, tmp_path: Path) -> None:
     """The test writer is checked by TF itself, so indexes crafted with it are meaningful."""
     tf = _tf()
@@ -660,8 +689,11 @@ def test_table_writer_matches_tensorflow(ckpts: Ckpts, tmp_path: Path) -> None:
             assert ours.read(name).tobytes() == ref.get_tensor(name).tobytes()
 
 
+@pytest.mark.slow
 def test_fuzzed_index_with_valid_checksums(ckpts: Ckpts, tmp_path: Path) -> None:
-    """Mutations behind correct block crcs reach the protobuf and layout checks."""
+    """Stops: mutations behind valid block crcs crashing protobuf/layout parsing. Found: designed up front (seeded mutation loop).
+
+    Mutations behind correct block crcs reach the protobuf and layout checks."""
     prefix = _copy_ckpt(ckpts["size_sharded"], tmp_path)
     records = _records(prefix)
     rng = random.Random(99)
@@ -713,6 +745,7 @@ def _entry(pb: Any, dtype: int, shape: tuple[int, ...], offset: int, data: bytes
     return entry
 
 
+@pytest.mark.slow
 def test_big_endian_bundle(tmp_path: Path) -> None:
     pb, versions = _protos()
     floats = np.array([[1.5, -2.0], [3.25, 1e30]], dtype=">f4")
@@ -748,7 +781,9 @@ def _crafted(tmp_path: Path, entries: dict[bytes, Any], shard: bytes | None = b"
     return tmp_path / "c"
 
 
+@pytest.mark.slow
 def test_crafted_indexes(tmp_path: Path) -> None:
+    """Stops: crafted index entries (bad dtypes, 2**40 sizes, bad shard ids/counts, negative offsets). Found: designed up front."""
     pb, versions = _protos()
     zeros = b"\0" * 16
     ok = {b"ok": _entry(pb, 1, (4,), 0, zeros)}
@@ -796,7 +831,9 @@ def test_crafted_indexes(tmp_path: Path) -> None:
         assert err.value.path is not None
 
 
+@pytest.mark.slow
 def test_partitioned_slices_must_tile_the_tensor(tmp_path: Path) -> None:
+    """Stops: overlapping, missing or aliased slices building a big tensor from a small file. Found: designed up front."""
     pb, _ = _protos()
     half = np.arange(4, dtype="<f4").tobytes()
 
@@ -826,8 +863,11 @@ def test_partitioned_slices_must_tile_the_tensor(tmp_path: Path) -> None:
             open_tf_index(prefix).read("t")
 
 
+@pytest.mark.slow
 def test_key_expansion_bomb_is_refused(tmp_path: Path) -> None:
-    """Prefix compression could turn a small index into gigabytes of keys: it must not."""
+    """Stops: an SSTable key-prefix bomb (a <1 MB index expanding to 1.2 GB of keys). Found: designed up front.
+
+    Prefix compression could turn a small index into gigabytes of keys: it must not."""
     pb, versions = _protos()
     header = pb.BundleHeaderProto(num_shards=1, version=versions.VersionDef(producer=1))
     value = _entry(pb, 1, (0,), 0, b"").SerializeToString()

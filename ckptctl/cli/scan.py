@@ -17,8 +17,8 @@ def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool, output_dir: P
     """Find checkpoints under PATHS and say what they are.
 
     Each checkpoint is listed with its format, size and status: converted, stale (the
-    source changed since its sidecar was written), not converted, or unreadable (with the
-    reason). No tensor data is read and no framework is imported. Exits 1 when any
+    source changed since its sidecar was written), not converted, unreadable (with the
+    reason), or newer (its sidecar was written by a newer ckptctl). No tensor data is read and no framework is imported. Exits 1 when any
     checkpoint is unreadable.
     """
     from ..ops.scan import scan

@@ -15,17 +15,7 @@ from ..errors import CorruptCheckpointError
 from ..layouts.keras3 import KLayer, Unmappable
 from ..metadata import Gathered
 from ..readers.keras_files import HDF5_MAGIC, h5_kind
-from .base import (
-    NOT_A_SOURCE,
-    FormatId,
-    FoundCheckpoint,
-    OpenedSource,
-    Probe,
-    Sniffed,
-    SourceFormat,
-    WeightsOptions,
-    WeightsPlan,
-)
+from . import base
 from .keras_weights import keras3_or_fallback
 
 if TYPE_CHECKING:
@@ -34,7 +24,7 @@ if TYPE_CHECKING:
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-def probe_h5_kind(probe: Probe) -> str | None:
+def probe_h5_kind(probe: base.Probe) -> str | None:
     """The Keras kind of an HDF5-named file (``readers.keras_files.h5_kind``), computed once
     per file for every format that asks; "broken-h5" when it is not HDF5 at all."""
 
@@ -46,26 +36,28 @@ def probe_h5_kind(probe: Probe) -> str | None:
     return kind
 
 
-class Keras2H5(SourceFormat):
+class Keras2H5(base.SourceFormat):
     ids = ("keras2-h5-model", "keras2-h5-weights")
     promised_suffixes: ClassVar[tuple[str, ...]] = H5_SUFFIXES
 
-    def sniff(self, probe: Probe) -> Sniffed:
+    def sniff(self, probe: base.Probe) -> base.Sniffed:
         if not probe.name.endswith(H5_SUFFIXES):
             return None
         unreadable = probe.unreadable()
         if unreadable is not None:
             return unreadable
         kind = probe_h5_kind(probe)
-        if kind == "keras2-h5-model" or kind == "keras2-h5-weights":
-            return FoundCheckpoint(probe.path, kind)
+        if kind == "keras2-h5-model":
+            return base.FoundCheckpoint(probe.path, "keras2-h5-model")
+        if kind == "keras2-h5-weights":
+            return base.FoundCheckpoint(probe.path, "keras2-h5-weights")
         if kind == "broken-h5":
-            return FoundCheckpoint(probe.path, None, "damaged HDF5 file (truncated?)")
+            return base.FoundCheckpoint(probe.path, None, "damaged HDF5 file (truncated?)")
         if kind == "keras3-weights-h5":
             return None  # keras3_native's
-        return NOT_A_SOURCE  # ckptctl's own output, or HDF5 that is not Keras'
+        return base.NOT_A_SOURCE  # ckptctl's own output, or HDF5 that is not Keras'
 
-    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+    def open(self, path: Path, fmt: base.FormatId) -> base.OpenedSource:
         from ..readers.keras_model import h5_attrs
 
         try:
@@ -75,8 +67,8 @@ class Keras2H5(SourceFormat):
         return OpenedKeras2H5(path, fmt, info)
 
 
-class OpenedKeras2H5(OpenedSource):
-    def __init__(self, path: Path, fmt: FormatId, info: dict[str, object]) -> None:
+class OpenedKeras2H5(base.OpenedSource):
+    def __init__(self, path: Path, fmt: base.FormatId, info: dict[str, object]) -> None:
         self.path = path
         self.format = fmt
         self.files = [path]
@@ -102,7 +94,7 @@ class OpenedKeras2H5(OpenedSource):
         g.offer("contents.lr_scheduler_state", False, src)
         g.offer("contents.rng_state", False, src)
 
-    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+    def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
         from ..readers.keras_model import keras_model_from_h5
 
         model: KLayer | None

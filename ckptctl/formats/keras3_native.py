@@ -15,30 +15,19 @@ from typing import Any, ClassVar
 from ..errors import CorruptCheckpointError
 from ..metadata import Gathered
 from ..readers.keras_files import keras_zip_kind
-from .base import (
-    NOT_A_SOURCE,
-    FormatId,
-    FoundCheckpoint,
-    OpenedSource,
-    Probe,
-    Sniffed,
-    SourceFormat,
-    WeightsOptions,
-    WeightsPlan,
-    WrittenWeights,
-)
+from . import base
 from .keras2_h5 import H5_SUFFIXES, probe_h5_kind
 from .keras_weights import KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION
 
 KERAS_SUFFIX = ".keras"
 
 
-class Keras3Native(SourceFormat):
+class Keras3Native(base.SourceFormat):
     ids = ("keras3-weights-h5", "keras3-keras")
     promised_suffixes: ClassVar[tuple[str, ...]] = (KERAS_SUFFIX,)
     writes_weights: ClassVar[bool] = False
 
-    def sniff(self, probe: Probe) -> Sniffed:
+    def sniff(self, probe: base.Probe) -> base.Sniffed:
         name = probe.name
         if name.endswith(KERAS_SUFFIX):
             unreadable = probe.unreadable()
@@ -46,21 +35,21 @@ class Keras3Native(SourceFormat):
                 return unreadable
             kind = keras_zip_kind(probe.path)
             if kind == "keras3-keras":
-                return FoundCheckpoint(probe.path, "keras3-keras")
+                return base.FoundCheckpoint(probe.path, "keras3-keras")
             if kind == "broken-keras":
-                return FoundCheckpoint(probe.path, None, "damaged Keras .keras archive (truncated?)")
-            return NOT_A_SOURCE  # a zip named .keras that is not Keras'
+                return base.FoundCheckpoint(probe.path, None, "damaged Keras .keras archive (truncated?)")
+            return base.NOT_A_SOURCE  # a zip named .keras that is not Keras'
         if name.endswith(H5_SUFFIXES) and probe.unreadable() is None \
                 and probe_h5_kind(probe) == "keras3-weights-h5":
-            return FoundCheckpoint(probe.path, "keras3-weights-h5")
+            return base.FoundCheckpoint(probe.path, "keras3-weights-h5")
         return None
 
-    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+    def open(self, path: Path, fmt: base.FormatId) -> base.OpenedSource:
         return OpenedKeras3Native(path, fmt)
 
 
-class OpenedKeras3Native(OpenedSource):
-    def __init__(self, path: Path, fmt: FormatId) -> None:
+class OpenedKeras3Native(base.OpenedSource):
+    def __init__(self, path: Path, fmt: base.FormatId) -> None:
         self.path = path
         self.format = fmt
         self.files = [path]
@@ -71,10 +60,10 @@ class OpenedKeras3Native(OpenedSource):
             _archive_metadata(self.path, g)
         g.offer("contents.model_weights", True, "checkpoint")
 
-    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+    def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
         if self.format != "keras3-weights-h5":
-            return WeightsPlan()  # a .keras archive: described by its sidecar alone
-        return WeightsPlan(native=self.path,
+            return base.WeightsPlan()  # a .keras archive: described by its sidecar alone
+        return base.WeightsPlan(native=self.path,
                            describe_native=lambda: describe_native_weights(self.path))
 
 
@@ -96,7 +85,7 @@ def _archive_metadata(path: Path, g: Gathered) -> None:
             g.offer("model.training_config", compile_config, "checkpoint:config.json")
 
 
-def describe_native_weights(path: Path) -> WrittenWeights:
+def describe_native_weights(path: Path) -> base.WrittenWeights:
     """The ``weights`` section for a Keras 3 ``.weights.h5`` that is its own weights file."""
     import h5py
 
@@ -117,7 +106,7 @@ def describe_native_weights(path: Path) -> WrittenWeights:
             f.visititems(visit)
     except H5_ERRORS as exc:
         raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
-    return WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
+    return base.WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
                           dict(sorted(dtypes.items())))
 
 

@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import KerasModelMismatchError, UnsupportedCheckpointError, UsageError
 from ..layouts.keras3 import KLayer, Unmappable, keras3_mapping, write_keras3_weights
 from ..metadata import Gathered
-from .base import FormatId, WeightsOptions, WeightsPlan, WeightsWriter, WrittenWeights
+from . import base
 
 if TYPE_CHECKING:
     from ..layouts.ckptctl_tensors import TensorToWrite
@@ -27,10 +27,10 @@ TENSORS_LAYOUT = "ckptctl-tensors"  # layouts.ckptctl_tensors.LAYOUT, without im
 KERAS3_LAYOUT_VERSION = "1.0"
 
 
-def _keras3_writer(model: KLayer, source_format: FormatId, options: WeightsOptions) -> WeightsWriter:
+def _keras3_writer(model: KLayer, source_format: base.FormatId, options: base.WeightsOptions) -> base.WeightsWriter:
     mapped = keras3_mapping(model)  # raises Unmappable before anything is written
 
-    def write(tmp: Path) -> WrittenWeights:
+    def write(tmp: Path) -> base.WrittenWeights:
         from ..layouts.ckptctl_tensors import verify_datasets
 
         count, elements, checksums = write_keras3_weights(
@@ -42,14 +42,14 @@ def _keras3_writer(model: KLayer, source_format: FormatId, options: WeightsOptio
         dtypes: dict[str, int] = defaultdict(int)
         for item in mapped:
             dtypes[item.variable.dtype] += 1
-        return WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
+        return base.WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,
                               dict(sorted(dtypes.items())), checksums=checksums)
 
     return write
 
 
-def _fallback_writer(items: list[TensorToWrite], source_format: FormatId) -> WeightsWriter:
-    def write(tmp: Path) -> WrittenWeights:
+def _fallback_writer(items: list[TensorToWrite], source_format: base.FormatId) -> base.WeightsWriter:
+    def write(tmp: Path) -> base.WrittenWeights:
         from ..layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION, write_tensors
 
         summary = write_tensors(tmp, items, {"source_format": source_format,
@@ -57,21 +57,21 @@ def _fallback_writer(items: list[TensorToWrite], source_format: FormatId) -> Wei
         dtypes: dict[str, int] = defaultdict(int)
         for item in items:
             dtypes[item.dtype] += 1
-        return WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
+        return base.WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
                               summary.parameter_count, dict(sorted(dtypes.items())),
                               checksums=summary.checksums)
 
     return write
 
 
-def keras3_or_fallback(fmt: FormatId, g: Gathered, model: KLayer | None, why_not: str | None,
+def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, why_not: str | None,
                        fallback: Callable[[], list[TensorToWrite]],
-                       options: WeightsOptions) -> WeightsPlan:
+                       options: base.WeightsOptions) -> base.WeightsPlan:
     """The Keras 3 layout when ``model`` maps onto it; else every model variable in the
     ``ckptctl-tensors`` layout, with a note saying why (never with --keras-model)."""
     if model is not None:
         try:
-            plan = WeightsPlan(write=_keras3_writer(model, fmt, options))
+            plan = base.WeightsPlan(write=_keras3_writer(model, fmt, options))
             g.offer("contents.model_weights", True, "checkpoint")
             return plan
         except Unmappable as exc:
@@ -82,7 +82,7 @@ def keras3_or_fallback(fmt: FormatId, g: Gathered, model: KLayer | None, why_not
     if not items:
         raise UnsupportedCheckpointError(f"no model variables found ({why_not})")
     g.offer("contents.model_weights", True, "checkpoint")
-    return WeightsPlan(write=_fallback_writer(items, fmt),
+    return base.WeightsPlan(write=_fallback_writer(items, fmt),
                        notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
 
 

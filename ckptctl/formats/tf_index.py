@@ -8,6 +8,7 @@ graph maps onto that layout, else every model variable in ``ckptctl-tensors`` (n
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,17 +17,7 @@ from ..layouts.keras3 import KLayer, Unmappable
 from ..metadata import Gathered
 from ..readers.tf_index import TFIndexCheckpoint, is_tf_index, open_tf_index, read_state_file
 from ..walk import glob_escape
-from .base import (
-    NOT_A_SOURCE,
-    FormatId,
-    FoundCheckpoint,
-    OpenedSource,
-    Probe,
-    Sniffed,
-    SourceFormat,
-    WeightsOptions,
-    WeightsPlan,
-)
+from . import base
 from .keras_weights import keras3_or_fallback
 
 if TYPE_CHECKING:
@@ -39,17 +30,17 @@ _OPTIMIZER_KEY = re.compile(r"(^|/)(optimizer|\.OPTIMIZER_SLOT)(/|$)")
 _ROLE_FOLDERS = ("last", "best", "latest")
 
 
-class TFIndex(SourceFormat):
+class TFIndex(base.SourceFormat):
     ids = ("tf-index",)
 
-    def sniff(self, probe: Probe) -> Sniffed:
+    def sniff(self, probe: base.Probe) -> base.Sniffed:
         name = probe.name
         if name.endswith(INDEX_SUFFIX):
             prefix = probe.path.with_name(name[: -len(INDEX_SUFFIX)])
             if is_tf_index(probe.path):
-                return FoundCheckpoint(prefix, "tf-index")
+                return base.FoundCheckpoint(prefix, "tf-index")
             if any(prefix.parent.glob(glob_escape(prefix.name) + ".data-*-of-*")):
-                return FoundCheckpoint(prefix, "tf-index", f"index file {name} is damaged (truncated?)")
+                return base.FoundCheckpoint(prefix, "tf-index", f"index file {name} is damaged (truncated?)")
             return None
         shard = _SHARD.match(name)
         if shard is None:
@@ -57,8 +48,8 @@ class TFIndex(SourceFormat):
         prefix = probe.path.with_name(shard.group("prefix"))
         index = prefix.with_name(prefix.name + INDEX_SUFFIX)
         if index.exists():
-            return NOT_A_SOURCE  # a shard is found through its index
-        return FoundCheckpoint(prefix, "tf-index", f"index file {index.name} is missing")
+            return base.NOT_A_SOURCE  # a shard is found through its index
+        return base.FoundCheckpoint(prefix, "tf-index", f"index file {index.name} is missing")
 
     def files(self, path: Path) -> list[Path]:
         index = path.with_name(path.name + INDEX_SUFFIX)
@@ -68,12 +59,12 @@ class TFIndex(SourceFormat):
     def check_structure(self, path: Path) -> None:
         open_tf_index(path)
 
-    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+    def open(self, path: Path, fmt: base.FormatId) -> base.OpenedSource:
         return OpenedTFIndex(path, open_tf_index(path), self.files(path))
 
 
-class OpenedTFIndex(OpenedSource):
-    format: FormatId = "tf-index"
+class OpenedTFIndex(base.OpenedSource):
+    format: base.FormatId = "tf-index"
 
     def __init__(self, prefix: Path, ckpt: TFIndexCheckpoint, files: list[Path]) -> None:
         self.prefix = prefix
@@ -125,7 +116,7 @@ class OpenedTFIndex(OpenedSource):
         if run_folder.name:
             g.offer("model.run_name", run_folder.name, "folder name")
 
-    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+    def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
         from ..readers.keras_model import keras_model_from_tf
 
         model: KLayer | None
@@ -156,7 +147,7 @@ class OpenedTFIndex(OpenedSource):
             label = name if name not in used else key
             used.add(label)
             items.append(TensorToWrite(label, entry.dtype, entry.shape, None,
-                                       lambda k=key: ckpt.read(k)))
+                                       functools.partial(ckpt.read, key)))
         return items
 
 

@@ -65,7 +65,8 @@ class WriteSummary:
 
 
 def checksum(values: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8).reshape(-1)) if values.size else 0
+    # ``.data`` is the array's memoryview (numpy types ndarray as a Buffer only on 3.12+).
+    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8).reshape(-1).data) if values.size else 0
 
 
 _VERIFY_CHUNK_BYTES = 32 << 20
@@ -86,7 +87,7 @@ def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
                 got = 0
                 for start in range(0, dataset.shape[0], step):
                     rows = np.ascontiguousarray(dataset[start:start + step])
-                    got = zlib.crc32(rows.view(np.uint8).reshape(-1), got)
+                    got = zlib.crc32(rows.view(np.uint8).reshape(-1).data, got)
                     del rows
             if got != expected:
                 raise VerificationError(f"verification failed: {dataset_path} read back differently")
@@ -127,14 +128,6 @@ def write_tensors(
             del values
         f.attrs["tensor_count"] = summary.tensor_count
     return summary
-
-
-def is_ckptctl_weights(path: Path) -> bool:
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("layout") == LAYOUT
-    except (OSError, ValueError):
-        return False
 
 
 def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -65,10 +65,8 @@ _CLASS_BY_SNAKE = {snake_case(c): c for c in VARIABLE_ORDER}
 _MODEL_SNAKES = {"sequential": "Sequential", "functional": "Functional", "model": "Functional"}
 
 
-class Unmappable(CkptError):
+class Unmappable(CkptError, kind="unsupported"):
     """The checkpoint's structure has no known Keras 3 layout."""
-
-    kind = "unsupported"
 
 
 @dataclass

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CkptError, UsageError
+from ..migrations import SCHEMA_VERSION
 from ..walk import find_sidecars  # light: a warm catalog never imports numpy or pydantic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cached documents are at the current sidecar schema (migrated)
 _LOWER_IS_BETTER = re.compile(r"loss|error|err", re.IGNORECASE)
 
 
@@ -50,7 +51,8 @@ class Entry:
 
     @property
     def checkpoint(self) -> str:
-        return os.path.normpath(self.sidecar_path.parent / self.doc.get("checkpoint_path", ""))
+        relative: str = self.doc.get("checkpoint_path", "")
+        return os.path.normpath(self.sidecar_path.parent / relative)
 
     def as_json(self) -> dict[str, Any]:
         return {**self.doc, "sidecar_path": str(self.sidecar_path)}
@@ -107,15 +109,14 @@ def _load(sidecars: list[Path], cache_file: Path | None,
         if cached is not None and cached[0] == stamp:
             doc = cached[1]
         else:
-            from ..sidecars import parse_sidecar, read_sidecar_raw  # only on a cache miss
+            from ..sidecars import parse_sidecar, read_sidecar_doc  # only on a cache miss
 
             try:
-                raw = read_sidecar_raw(path)
-                parse_sidecar(path, raw)  # schema check before a document is trusted
+                doc = read_sidecar_doc(path)  # an older schema is upgraded, a newer one refused
+                parse_sidecar(path, doc)  # schema check before a document is trusted
             except CkptError as exc:
                 warnings.append(f"{path}: skipped, {exc.message}")
                 continue
-            doc = raw
         fresh[key] = [stamp, doc]
         entries.append(Entry(path, doc))
     if cache_file is not None and fresh != cache:
@@ -126,7 +127,8 @@ def _load(sidecars: list[Path], cache_file: Path | None,
 def _cache_file(cache_dir: Path, roots: list[Path]) -> Path:
     ident = "\n".join(sorted(str(p.resolve()) for p in roots))
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return cache_dir / f"catalog-v{CACHE_VERSION}-{digest}.json"
+    # Cached documents are migrated: a ckptctl with another schema version keeps its own cache.
+    return cache_dir / f"catalog-v{CACHE_VERSION}-s{SCHEMA_VERSION}-{digest}.json"
 
 
 def _read_cache(path: Path) -> dict[str, list[Any]]:
@@ -155,7 +157,7 @@ def resolve_mode(metric: str, entries: list[Entry], mode: str | None) -> str:
     for entry in entries:
         checkpointing = entry.doc.get("checkpointing") or {}
         if checkpointing.get("monitor") == metric and checkpointing.get("mode") in ("min", "max"):
-            return checkpointing["mode"]
+            return str(checkpointing["mode"])  # "min" or "max", checked just above
     if mode is not None:
         return mode
     return "min" if _LOWER_IS_BETTER.search(metric) else "max"

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 from ..discovery import discover
-from ..errors import CkptError, ErrorKind, describe_error
+from ..errors import CkptError, ErrorKind, NewerSidecarError, describe_error
 from ..formats import FoundCheckpoint, format_for
 from ..outputs import OutputLayout
 from ..sidecars import parse_sidecar, source_is_stale
 from ..sources import fingerprint
 
-ScanStatus = Literal["converted", "stale", "not converted", "unreadable"]
+#: "newer": converted by a newer ckptctl, whose sidecar this one cannot judge
+ScanStatus = Literal["converted", "stale", "not converted", "unreadable", "newer"]
 
 
 @dataclass
@@ -91,6 +92,8 @@ def scan_one(item: FoundCheckpoint, layout: OutputLayout) -> ScanRow:
                 row.status, row.reason, row.kind = "stale", stale, "stale"
             else:
                 row.status = "converted"
+        except NewerSidecarError as exc:
+            row.status, row.reason, row.kind = "newer", exc.message, exc.kind
         except CkptError as exc:
             row.status, row.reason, row.kind = "stale", f"sidecar unusable: {exc.message}", exc.kind
     return row

@@ -3,7 +3,7 @@
 * Keras 2 ``save_weights("x.ckpt")`` and ``tf.train.Checkpoint(model=<Keras 2 model>)``: the
   object graph's ``layer-N`` children give ``model.layers`` in order; a layer's variable
   children give its variables (``dense/kernel``).
-* Keras 3 models inside ``tf.train.Checkpoint`` (seed 004): ``_functional/_operations/N`` or
+* Keras 3 models inside ``tf.train.Checkpoint`` (CheckpointManager trees): ``_functional/_operations/N`` or
   ``_operations/N``; variables are ``_kernel``/``bias``/…, full names ``sequential/dense/kernel``.
 * Keras 2 HDF5 (``save`` and ``save_weights``): ``layer_names`` and each layer's
   ``weight_names``; a full model's ``model_config`` also names each layer's class.

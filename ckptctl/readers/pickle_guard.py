@@ -17,7 +17,7 @@ import _compat_pickle
 import copyreg
 import pickletools
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Protocol
 
 from ..errors import CorruptCheckpointError, UnsafePickleError
 
@@ -29,7 +29,15 @@ _STRINGS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"
                       "BINSTRING", "SHORT_BINSTRING"})
 
 
-def guard_pickle(source: bytes | IO[bytes], is_dangerous: Callable[[str, str], bool],
+class PickleStream(Protocol):
+    """A binary file-like object: ``pickletools.genops`` only calls ``read`` and ``readline``
+    on it (and ``tell`` when there is one)."""
+
+    def read(self, n: int, /) -> bytes: ...
+    def readline(self) -> bytes: ...
+
+
+def guard_pickle(source: bytes | IO[bytes] | PickleStream, is_dangerous: Callable[[str, str], bool],
                  max_depth: int = MAX_DEPTH) -> None:
     """Raise ``CorruptCheckpointError``/``UnsafePickleError`` for a pickle that must not be
     loaded. Reads exactly one pickle (up to STOP) from ``source``.
@@ -44,7 +52,8 @@ def guard_pickle(source: bytes | IO[bytes], is_dangerous: Callable[[str, str], b
     dangerous: list[str] = []
     count = 0
     try:
-        for opcode, arg, _ in pickletools.genops(source):
+        # typeshed types genops' argument as IO[bytes]; it only needs a PickleStream.
+        for opcode, arg, _ in pickletools.genops(source):  # type: ignore[arg-type]
             count += 1
             name = opcode.name
             if name in ("EXT1", "EXT2", "EXT4"):

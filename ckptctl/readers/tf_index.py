@@ -620,7 +620,7 @@ class TFIndexCheckpoint:
     def _raw(self, entry: TFTensorEntry) -> np.ndarray:
         """The entry's bytes, read once into a fresh array (not yet verified)."""
         buf = np.empty(entry.size, dtype=np.uint8)  # size was checked against the shard
-        self._read(entry, memoryview(buf))
+        self._read(entry, buf.data)  # memoryview(buf): numpy types ndarray a Buffer on 3.12+ only
         return buf
 
     def _read(self, entry: TFTensorEntry, into: memoryview | None = None) -> bytes:
@@ -777,12 +777,12 @@ class TFIndexCheckpoint:
         # Slice data was bounds-checked against the shards at open, so these allocations are.
         out = np.empty(entry.shape, dtype=STORAGE_NUMPY[entry.dtype])
         covered = np.zeros(entry.shape, dtype=bool)
-        for region, piece in pieces:
-            if covered[region].any():
+        for where, piece in pieces:
+            if covered[where].any():
                 raise CorruptCheckpointError(
                     f"tensor {entry.name!r} has overlapping slices", self.index_path)
-            covered[region] = True
-            out[region] = self._values(piece)
+            covered[where] = True
+            out[where] = self._values(piece)
         return out
 
     def object_graph(self) -> ObjectGraph | None:

@@ -76,7 +76,7 @@ class TorchFile:
     def check_storage(self, ref: StorageRef, data: np.ndarray) -> None:
         """Compare a storage's bytes with the zip's crc32 (catches flipped bytes)."""
         _, length, crc = self._record(ref)
-        if crc is not None and length == data.shape[0] and zlib.crc32(data) != crc:
+        if crc is not None and length == data.shape[0] and zlib.crc32(data.data) != crc:
             raise CorruptCheckpointError(f"storage data/{ref.key} fails its crc32 check", self.path)
 
     def _record(self, ref: StorageRef) -> tuple[int, int, int | None]:
@@ -164,15 +164,15 @@ def _read_zip(path: Path) -> TorchFile:
         tf.unknown_globals = unpickler.unknown
         file_size = path.stat().st_size
         for key in tf.refs:
-            info = by_name.get(f"{prefix}data/{key}")
-            if info is None:
+            record = by_name.get(f"{prefix}data/{key}")
+            if record is None:
                 raise CorruptCheckpointError(f"storage record data/{key} is missing")
-            if info.compress_type != zipfile.ZIP_STORED:
+            if record.compress_type != zipfile.ZIP_STORED:
                 raise UnsupportedCheckpointError(f"storage record data/{key} is compressed")
-            offset = _data_offset(raw, info)
-            if offset + info.file_size > file_size:
+            offset = _data_offset(raw, record)
+            if offset + record.file_size > file_size:
                 raise CorruptCheckpointError(f"storage record data/{key} runs past the end of file")
-            tf.records[key] = (offset, info.file_size, info.CRC)
+            tf.records[key] = (offset, record.file_size, record.CRC)
     return tf
 
 
@@ -182,7 +182,7 @@ def _data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
     if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
         raise CorruptCheckpointError(f"bad zip local header for {info.filename}")
     fields = _LOCAL_HEADER.unpack(header)
-    name_len, extra_len = fields[9], fields[10]
+    name_len, extra_len = int(fields[9]), int(fields[10])  # "H" fields: ints already
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
 
 

@@ -25,7 +25,7 @@ import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -153,7 +153,7 @@ class InertObject:
 
     @property
     def args(self) -> tuple[Any, ...]:
-        return self.__dict__["_ckpt_args"]
+        return cast(tuple[Any, ...], self.__dict__["_ckpt_args"])  # set to a tuple by __new__
 
     @property
     def state(self) -> Any:
@@ -161,11 +161,11 @@ class InertObject:
 
     @property
     def items(self) -> dict[Any, Any]:
-        return self.__dict__["_ckpt_items"]
+        return cast(dict[Any, Any], self.__dict__["_ckpt_items"])  # a dict from __new__
 
     @property
     def list_items(self) -> list[Any]:
-        return self.__dict__["_ckpt_list"]
+        return cast(list[Any], self.__dict__["_ckpt_list"])  # a list from __new__
 
     def __repr__(self) -> str:
         return f"<inert {self.type_name}>"
@@ -204,6 +204,8 @@ class SafeCallable(_Sealed):
     (a real function's ``__defaults__`` could otherwise be poisoned for later loads)."""
 
     __slots__ = ("_func", "name")
+    _func: Callable[..., Any]
+    name: str
 
     def __init__(self, name: str, func: Callable[..., Any]) -> None:
         object.__setattr__(self, "_func", func)
@@ -247,6 +249,7 @@ _NUMERIC_DTYPE = re.compile(r"^[<>|=]?(b1|i1|i2|i4|i8|u1|u2|u4|u8|f2|f4|f8|c8|c1
 
 class NpDTypeRecord(_Sealed):
     __slots__ = ("dtype",)
+    dtype: np.dtype
 
     def __init__(self, dtype: np.dtype) -> None:
         object.__setattr__(self, "dtype", dtype)
@@ -267,6 +270,7 @@ class NpArrayRecord(_Sealed):
     """A numpy array rebuilt from its raw bytes (``array`` is None until BUILD)."""
 
     __slots__ = ("array",)
+    array: np.ndarray | None
 
     def __init__(self) -> None:
         object.__setattr__(self, "array", None)
@@ -295,6 +299,7 @@ def _np_dtype(spec: Any, align: Any = False, copy: Any = True) -> NpDTypeRecord:
 
 class _Marker(_Sealed):
     __slots__ = ("name",)
+    name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
@@ -558,6 +563,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
+class _Handle(Protocol):
+    """What ``BoundedReader`` uses of the file it wraps."""
+
+    def read(self, n: int, /) -> bytes: ...
+    def readline(self, limit: int, /) -> bytes: ...
+    def tell(self) -> int: ...
+    def seek(self, offset: int, whence: int, /) -> int: ...
+
+
 class BoundedReader:
     """A read-only file view whose reads never ask for more than the file still holds.
 
@@ -567,7 +581,7 @@ class BoundedReader:
     """
 
     def __init__(self, handle: Any, size: int) -> None:
-        self._handle = handle
+        self._handle: _Handle = handle
         self._size = size
 
     def _left(self) -> int:
@@ -598,7 +612,8 @@ def restricted_load(
     data: bytes | io.BufferedIOBase, persistent_load: PersistentLoader | None = None
 ) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle ``data`` safely. Raises ``UnsafePickleError`` when dangerous globals appear."""
-    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    stream: io.BufferedIOBase | BoundedReader = (
+        io.BytesIO(data) if isinstance(data, bytes | bytearray) else data)
     if not isinstance(stream, io.BytesIO | BoundedReader) and hasattr(stream, "fileno"):
         stream = BoundedReader(stream, os.fstat(stream.fileno()).st_size)
     start = stream.tell()

@@ -23,17 +23,7 @@ from ...readers.torch_files import (
     sniff_torch,
     torch_zip_prefix,
 )
-from ..base import (
-    FormatId,
-    FoundCheckpoint,
-    OpenedSource,
-    Probe,
-    Sniffed,
-    SourceFormat,
-    WeightsOptions,
-    WeightsPlan,
-    WrittenWeights,
-)
+from .. import base
 from .metadata import (
     STATE_DICT_KEYS,
     as_mapping,
@@ -46,51 +36,54 @@ from .metadata import (
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class _TorchFormat(SourceFormat):
+def magic_of(probe: base.Probe) -> str | None:
+    """"zip" / "torch-legacy" from the file's first bytes; None when neither or unreadable
+    (the registry reports unreadable files named like checkpoints)."""
+    try:
+        return sniff_torch(probe.head())
+    except OSError:
+        return None
+
+
+class _TorchFormat(base.SourceFormat):
     promised_suffixes: ClassVar[tuple[str, ...]] = TORCH_SUFFIXES
 
     def check_structure(self, path: Path) -> None:
         open_torch(path)
 
-    def open(self, path: Path, fmt: FormatId) -> OpenedSource:
+    def open(self, path: Path, fmt: base.FormatId) -> base.OpenedSource:
         return OpenedTorch(open_torch(path))
 
 
 class TorchZip(_TorchFormat):
     ids = ("torch-zip",)
 
-    def sniff(self, probe: Probe) -> Sniffed:
-        try:
-            head = probe.head()
-        except OSError:
-            return None
-        if sniff_torch(head) != "zip":
+    def sniff(self, probe: base.Probe) -> base.Sniffed:
+        if magic_of(probe) != "zip":
             return None
         promised = probe.name.endswith(TORCH_SUFFIXES)
         try:
             with zipfile.ZipFile(probe.path) as archive:
                 if torch_zip_prefix(archive.namelist()) is not None:
-                    return FoundCheckpoint(probe.path, "torch-zip")
+                    return base.FoundCheckpoint(probe.path, "torch-zip")
         except ZIP_ERRORS:
-            return (FoundCheckpoint(probe.path, "torch-zip", "damaged zip archive (truncated?)")
+            return (base.FoundCheckpoint(probe.path, "torch-zip", "damaged zip archive (truncated?)")
                     if promised else None)
         if promised:
-            return FoundCheckpoint(probe.path, None, "zip archive without torch data", "unrecognised")
+            return base.FoundCheckpoint(probe.path, None, "zip archive without torch data", "unrecognised")
         return None
 
 
 class TorchLegacy(_TorchFormat):
     ids = ("torch-legacy",)
 
-    def sniff(self, probe: Probe) -> Sniffed:
-        try:
-            head = probe.head()
-        except OSError:
+    def sniff(self, probe: base.Probe) -> base.Sniffed:
+        if magic_of(probe) != "torch-legacy":
             return None
-        return FoundCheckpoint(probe.path, "torch-legacy") if sniff_torch(head) == "torch-legacy" else None
+        return base.FoundCheckpoint(probe.path, "torch-legacy")
 
 
-class OpenedTorch(OpenedSource):
+class OpenedTorch(base.OpenedSource):
     def __init__(self, checkpoint: TorchFile) -> None:
         self.checkpoint = checkpoint
         self.format = "torch-legacy" if checkpoint.format == "torch-legacy" else "torch-zip"
@@ -107,7 +100,7 @@ class OpenedTorch(OpenedSource):
         gather_from_checkpoint(self.checkpoint.obj, self.checkpoint.path, g, self.read_scalar)
         g.offer("contents.model_weights", self.state_dict is not None, "checkpoint")
 
-    def plan_weights(self, g: Gathered, options: WeightsOptions) -> WeightsPlan:
+    def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
         state_dict = self.state_dict
         if state_dict is None:
             obj = self.checkpoint.obj
@@ -119,9 +112,9 @@ class OpenedTorch(OpenedSource):
             raise UnsupportedCheckpointError(
                 "no model state dict found (looked for " + ", ".join(STATE_DICT_KEYS)
                 + " or a bare name->tensor mapping); use --metadata-only for a sidecar alone")
-        return WeightsPlan(write=lambda tmp: self._write(state_dict, tmp))
+        return base.WeightsPlan(write=lambda tmp: self._write(state_dict, tmp))
 
-    def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path) -> WrittenWeights:
+    def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path) -> base.WrittenWeights:
         from ...layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION, TensorToWrite, write_tensors
 
         checkpoint = self.checkpoint
@@ -147,7 +140,7 @@ class OpenedTorch(OpenedSource):
                                        loader(tensor)))
         summary = write_tensors(tmp, items, {"source_format": self.format,
                                              "writer": f"ckptctl {__version__}"})
-        return WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
+        return base.WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
                               summary.parameter_count, dict(sorted(dtypes.items())),
                               self.state_key, summary.checksums)
 

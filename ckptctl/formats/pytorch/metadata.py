@@ -152,9 +152,9 @@ def find_state_dict(obj: Any) -> tuple[str | None, Mapping[str, LazyTensor] | No
     if mapping is not None:
         for key in STATE_DICT_KEYS:
             if key in mapping and is_tensor_mapping(mapping[key]):
-                return key, as_mapping(mapping[key])  # type: ignore[return-value]
+                return key, as_mapping(mapping[key])
     if is_tensor_mapping(obj):
-        return None, as_mapping(obj)  # type: ignore[return-value]
+        return None, as_mapping(obj)
     return None, None
 
 
@@ -217,7 +217,7 @@ def _non_empty(value: Any) -> bool:
     if value is None:
         return False
     if isinstance(value, list | tuple | dict) or as_mapping(value) is not None:
-        return len(as_mapping(value) or value) > 0  # type: ignore[arg-type]
+        return len(as_mapping(value) or value) > 0
     return True
 
 
