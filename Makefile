@@ -28,7 +28,7 @@ demo: setup
 	$(CKPT) catalog $(DEMO) --best val_loss
 
 test: setup
-	$(PY) -m ruff check ckptctl tests benchmarks examples
+	$(PY) -m ruff check ckptctl tests benchmarks examples tools
 	$(PY) -m mypy
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 

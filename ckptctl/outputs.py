@@ -99,9 +99,3 @@ class OutputLayout:
             if mirrored.exists():
                 roots.append(mirrored)
         return roots
-
-
-def outputs_for(source: Path) -> tuple[Path, Path]:
-    """(weights, sidecar) of ``source`` in the default layout: next to it."""
-    outputs = OutputLayout().outputs(source)
-    return outputs.weights, outputs.sidecar

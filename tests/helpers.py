@@ -25,9 +25,15 @@ def run_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=300)
 
 
-def sidecar_of(source: Path) -> dict[str, Any]:
-    from ckptctl.outputs import outputs_for
+def outputs_for(source: Path) -> tuple[Path, Path]:
+    """(weights, sidecar) of ``source`` in the default layout: next to it."""
+    from ckptctl.outputs import OutputLayout
 
+    outputs = OutputLayout().outputs(source)
+    return outputs.weights, outputs.sidecar
+
+
+def sidecar_of(source: Path) -> dict[str, Any]:
     path = outputs_for(source)[1]
     parse_sidecar(path)  # must be schema-valid
     data = load_yaml_file(path)
@@ -36,8 +42,6 @@ def sidecar_of(source: Path) -> dict[str, Any]:
 
 
 def outputs_exist(source: Path) -> tuple[bool, bool]:
-    from ckptctl.outputs import outputs_for
-
     weights, sidecar = outputs_for(source)
     return weights.exists(), sidecar.exists()
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import leftover_temporaries, outputs_exist, run_cli
+from helpers import leftover_temporaries, outputs_exist, outputs_for, run_cli
 
 from ckptctl.cli import COMMANDS, cli
-from ckptctl.outputs import outputs_for
 
 
 @pytest.fixture(autouse=True)

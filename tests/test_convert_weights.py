@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import converted_copy
+from helpers import converted_copy, outputs_for
 
 import ckptctl
 from ckptctl.layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION
-from ckptctl.outputs import outputs_for
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 

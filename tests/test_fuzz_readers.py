@@ -1,5 +1,10 @@
 """Every reader over mutated real fixtures: only ckptctl's own errors escape, within time
-and memory bounds (hypothesis in-process; a seeded mutation loop in a memory-capped child)."""
+and memory bounds (hypothesis in-process; a seeded mutation loop in a memory-capped child).
+
+Where found: the torch-zip, Keras HDF5 and seeded child cases failed against the readers as they
+were before commit 2e71184 (raw zipfile/h5py errors escaping, one HDF5 input running for minutes);
+the legacy, TF-index and sidecar cases already held.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from hypothesis import strategies as st
 
 from ckptctl.errors import CkptError
 
+pytestmark = pytest.mark.slow  # hypothesis and seeded mutation loops over real fixtures (and the TF tree)
 FUZZ_SETTINGS = settings(max_examples=40, deadline=5000, derandomize=True,
                          suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                 HealthCheck.too_slow])
@@ -60,14 +66,20 @@ def fixture_bytes(root: Path, rel: str) -> bytes:
 
 
 @pytest.mark.parametrize(("tree", "rel", "fmt"), [
+    # Stops: a mutated torch zip escaping as a raw zipfile error (UnicodeDecodeError, NotImplementedError). Found: fuzzing (hypothesis/mutation).
     ("example_tree", "mlp_minloss/checkpoints/epoch=4-step=20-val_loss=0.64.ckpt", "torch-zip"),
+    # Stops: a mutated legacy torch stream escaping as a non-CkptError or running over 5 s. Found: designed up front (held under hypothesis fuzzing).
     ("example_tree", "legacy_format/model_legacy.pt", "torch-legacy"),
+    # Stops: a mutated torch zip of every dtype escaping as a raw zipfile error. Found: fuzzing (hypothesis/mutation).
     ("example_tree", "dtype_zoo/zoo.pt", "torch-zip"),
+    # Stops: a damaged Keras full-model HDF5 escaping as a raw h5py error (KeyError, OSError). Found: fuzzing (hypothesis/mutation).
     ("tf_tree", "keras2_h5/full_model.h5", "keras2-h5-model"),
+    # Stops: a damaged Keras weights HDF5 running for minutes or escaping as a raw h5py error. Found: fuzzing (hypothesis/mutation).
     ("tf_tree", "keras2_h5/model_01_valloss_1.1496.h5", "keras2-h5-weights"),
 ])
 def test_single_file_readers_fuzz(request: pytest.FixtureRequest, tmp_path: Path, tree: str,
                                   rel: str, fmt: str) -> None:
+    """Stops: mutated torch zip/legacy and Keras HDF5 files escaping as non-CkptError or taking >5 s. Found: fuzzing (hypothesis/mutation)."""
     original = fixture_bytes(request.getfixturevalue(tree)[0], rel)
 
     @FUZZ_SETTINGS
@@ -81,6 +93,7 @@ def test_single_file_readers_fuzz(request: pytest.FixtureRequest, tmp_path: Path
 
 
 def test_tf_index_reader_fuzz(tf_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    """Stops: a mutated TF .index or data shard escaping as non-CkptError or taking >5 s. Found: designed up front (held under hypothesis fuzzing)."""
     import shutil
 
     source = tf_tree[0] / "keras2_functional"
@@ -102,6 +115,7 @@ def test_tf_index_reader_fuzz(tf_tree: tuple[Path, dict], tmp_path: Path) -> Non
 
 
 def test_sidecar_parser_fuzz(tmp_path: Path) -> None:
+    """Stops: a mutated sidecar YAML crashing the parser with a non-CkptError. Found: designed up front (held under hypothesis fuzzing)."""
     import torch
     from helpers import run_cli
 
@@ -155,6 +169,7 @@ print(json.dumps({"worst_seconds": worst, "peak_rss_kib": peak}))
 
 def test_seeded_mutations_stay_within_memory_and_time(example_tree: tuple[Path, dict],
                                                       tf_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    """Stops: mutated checkpoints escaping, taking >5 s or >1.5 GB peak RSS in a memory-capped child. Found: fuzzing (hypothesis/mutation)."""
     cases = [
         (str(example_tree[0] / "ocr_dbnet_hydra/checkpoints/last.ckpt"), "torch-zip"),
         (str(example_tree[0] / "legacy_format/model_legacy.pt"), "torch-legacy"),

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import leftover_temporaries, outputs_exist, run_cli, run_process
-
-from ckptctl.outputs import outputs_for
+from helpers import leftover_temporaries, outputs_exist, outputs_for, run_cli, run_process
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 

@@ -15,10 +15,16 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from helpers import converted_copy, leftover_temporaries, outputs_exist, run_cli, sidecar_of
+from helpers import (
+    converted_copy,
+    leftover_temporaries,
+    outputs_exist,
+    outputs_for,
+    run_cli,
+    sidecar_of,
+)
 
 import ckptctl
-from ckptctl.outputs import outputs_for
 
 pytestmark = pytest.mark.slow  # every test here builds/uses the TensorFlow tree or imports TF/Keras
 REPO = Path(__file__).resolve().parent.parent

