@@ -212,7 +212,9 @@ def gather_from_hydra(path: Path, exp_root: Path, g: Gathered) -> None:
         g.offer("model.config", model, source)
         g.offer("model.architecture", architecture(model), source)
     monitor = g.get("checkpointing.monitor")
-    for section in _dicts_with_monitor(config):
+    # EarlyStopping and schedulers have a `monitor` too: checkpoint sections come first.
+    sections = sorted(_dicts_with_monitor(config), key=lambda d: not _is_checkpoint_section(d))
+    for section in sections:
         if monitor is not None and section.get("monitor") != monitor:
             continue
         g.offer("checkpointing.monitor", section.get("monitor"), source)
@@ -223,6 +225,16 @@ def gather_from_hydra(path: Path, exp_root: Path, g: Gathered) -> None:
         save_last = section.get("save_last")
         g.offer("checkpointing.save_last", save_last if isinstance(save_last, bool) else None, source)
         break
+
+
+_CHECKPOINT_KEYS = ("save_top_k", "save_last", "dirpath", "filename", "every_n_epochs")
+
+
+def _is_checkpoint_section(section: dict[str, Any]) -> bool:
+    target = section.get("_target_")
+    if isinstance(target, str) and target.endswith("ModelCheckpoint"):
+        return True
+    return any(key in section for key in _CHECKPOINT_KEYS)
 
 
 def _dicts_with_monitor(node: Any, depth: int = 0) -> Iterator[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -202,7 +201,7 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
     for key, value in top.items():
         key = str(key)
         number = _number(value, read_scalar)
-        if number is not None and key not in _EPOCH_KEYS + _STEP_KEYS and not isinstance(value, int):
+        if number is not None and key not in _EPOCH_KEYS + _STEP_KEYS and not _is_integer(value):
             g.offer_metric(key, number, src)  # best_val_loss, best_pck, …
         nested = as_mapping(value)
         if nested is not None and _METRIC_DICT.search(key) and key not in ("hyper_parameters",):
@@ -213,8 +212,17 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
     _gather_callbacks(top, path, g, read_scalar)
 
 
+def _is_integer(value: Any) -> bool:
+    """Counts (``best_epoch``, ``num_classes``) are not metrics, however they are stored."""
+    if isinstance(value, LazyTensor):
+        return value.dtype.startswith(("int", "uint", "bool"))
+    return isinstance(value, int | np.integer)
+
+
 def _non_empty(value: Any) -> bool:
-    if value is None:
+    """Holds state: a non-empty container or object. A name stored as text ("adamw") or a
+    number is a setting, not optimizer or scheduler state."""
+    if value is None or isinstance(value, str | bytes | int | float | np.generic):
         return False
     if isinstance(value, list | tuple | dict) or as_mapping(value) is not None:
         return len(as_mapping(value) or value) > 0
@@ -243,30 +251,39 @@ def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scal
             continue
         settings = _state_key_settings(name)
         best_k = as_mapping(state_map.get("best_k_models")) or {}
-        mine = any(os.path.basename(str(p)) == path.name for p in best_k)
+        mine = any(_base_name(p) == path.name for p in best_k)
         found.append((settings, state_map, mine))
-    # The callback that saved *this* file speaks first; others still give their scores.
+    # The callback that saved *this* file (else the first) gives the checkpointing settings;
+    # the others only give their scores for this file as metrics.
     found.sort(key=lambda item: not item[2])
-    for settings, state, mine in found:
+    for index, (settings, state, mine) in enumerate(found):
+        primary = index == 0
         src = "callback:ModelCheckpoint"
         monitor = state.get("monitor") or settings.get("monitor")
-        g.offer("checkpointing.monitor", monitor if isinstance(monitor, str) else None, src)
-        mode = settings.get("mode")
-        g.offer("checkpointing.mode", mode if mode in ("min", "max") else None, src)
-        best_score = _number(state.get("best_model_score"), read_scalar)
-        g.offer("checkpointing.best_model_score", best_score, src)
-        best_path = state.get("best_model_path")
-        if isinstance(best_path, str) and best_path:
-            g.offer("checkpointing.best_when_saved", os.path.basename(best_path) == path.name, src)
+        if primary:
+            g.offer("checkpointing.monitor", monitor if isinstance(monitor, str) else None, src)
+            mode = settings.get("mode")
+            g.offer("checkpointing.mode", mode if mode in ("min", "max") else None, src)
+            best_score = _number(state.get("best_model_score"), read_scalar)
+            g.offer("checkpointing.best_model_score", best_score, src)
+            best_path = state.get("best_model_path")
+            if isinstance(best_path, str) and best_path:
+                g.offer("checkpointing.best_when_saved", _base_name(best_path) == path.name, src)
         last_path = state.get("last_model_path")
         if isinstance(last_path, str) and last_path:
             g.offer("checkpointing.save_last", True, f"{src} (last_model_path)")
         score = None
         for saved, value in (as_mapping(state.get("best_k_models")) or {}).items():
-            if os.path.basename(str(saved)) == path.name:
+            if _base_name(saved) == path.name:
                 score = _number(value, read_scalar)
         if score is None and mine is False and not found[0][2]:
             score = _number(state.get("current_score"), read_scalar)
         if score is not None and isinstance(monitor, str):
-            g.offer("checkpointing.score", score, src)
+            if primary:
+                g.offer("checkpointing.score", score, src)
             g.offer_metric(monitor, score, src)
+
+
+def _base_name(saved: object) -> str:
+    """The file name of a path recorded by Lightning on any OS (``C:\\x\\a.ckpt`` -> ``a.ckpt``)."""
+    return re.split(r"[\\/]", str(saved))[-1]
