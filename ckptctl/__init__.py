@@ -47,6 +47,13 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
             result[name] = result[ties[name]]
             continue
         dtype = values.dtype.name
+        if values.size == 0:
+            # An empty array may come back with zero strides; torch's own layout for the
+            # shape keeps .view(other dtype) working.
+            torch_dtype = getattr(torch, dtype) if dtype in BIT_CAST_DTYPES else \
+                torch.from_numpy(values.copy()).dtype
+            result[name] = torch.empty(values.shape, dtype=torch_dtype)
+            continue
         if dtype in BIT_CAST_DTYPES:
             # torch has no numpy bfloat16/float8: move the raw bits, then reinterpret them.
             signed = values.view(f"i{values.dtype.itemsize}")

@@ -18,6 +18,9 @@ _KEY_VALUE = re.compile(rf"(?:^|[-_ ])([A-Za-z][A-Za-z0-9_/.]*?)=({_NUMBER})(?=$
 _GLUED = re.compile(rf"^([A-Za-z][A-Za-z]*?)({_NUMBER})$")
 _EPOCH_NAMES = frozenset({"epoch", "epochs", "ep", "e"})
 _STEP_NAMES = frozenset({"step", "global_step", "steps", "iter", "iteration", "it"})
+#: ``ckpt-777`` (CheckpointManager), ``model.ckpt-5`` (TF1 Saver), ``checkpoint-500``: a save
+#: counter whose meaning depends on the writer (checkpoint number or step), never an epoch.
+_COUNTER_NAMES = frozenset({"ckpt", "checkpoint", "model.ckpt"})
 
 
 @dataclass
@@ -58,6 +61,9 @@ def parse_filename(stem: str) -> FilenameTokens:
         part = parts[i]
         following = parts[i + 1] if i + 1 < len(parts) else None
         glued = _GLUED.match(part)
+        if part.lower() in _COUNTER_NAMES and following is not None and following.isdigit():
+            i += 2
+            continue
         if re.fullmatch(r"[A-Za-z]+", part) and following is not None and re.fullmatch(_NUMBER, following):
             if i == 0 and following.isdigit() and part.lower() not in _STEP_NAMES:
                 tokens.epoch = int(following)  # model_03_...: Keras' {epoch:02d} after the name

@@ -264,9 +264,9 @@ def test_tf_commands_do_not_import_tensorflow(fresh_tf_tree: tuple[Path, dict]) 
     assert all(outputs_exist(root / "keras2_sequential/model.ckpt"))
 
 
-def _write_rnn_checkpoints(folder: Path) -> None:
+def _write_rnn_checkpoints(folder: Path) -> dict[str, np.ndarray]:
     """A Keras 2 LSTM (save_weights) and a Keras 3 LSTM saved with its optimizer inside
-    tf.train.Checkpoint: no Keras 3 layout mapping exists for RNN cells."""
+    tf.train.Checkpoint; returns each one's predictions on ``RNN_INPUT``."""
     import keras
     import tensorflow as tf
     import tf_keras
@@ -280,28 +280,27 @@ def _write_rnn_checkpoints(folder: Path) -> None:
     k3.compile(optimizer, "mse")
     k3.fit(np.ones((4, 3, 2)), np.ones((4, 1)), verbose=0)
     tf.train.Checkpoint(model=k3, optimizer=optimizer).write(str(folder / "k3_lstm" / "ckpt-1"))
+    return {"k2_lstm/model.ckpt": k2.predict(RNN_INPUT, verbose=0),
+            "k3_lstm/ckpt-1": np.asarray(k3.predict(RNN_INPUT, verbose=0))}
 
 
-def test_unmappable_models_fall_back_to_the_neutral_layout(tmp_path: Path) -> None:
-    import tensorflow as tf
+RNN_INPUT = np.linspace(-1, 1, 4 * 3 * 2, dtype="float32").reshape(4, 3, 2)
 
-    _write_rnn_checkpoints(tmp_path)
+
+def test_rnn_models_map_to_keras3_and_load(tmp_path: Path) -> None:
+    """LSTM cells map to Keras 3's ``layers/lstm/cell/vars`` (they fell back before)."""
+    import keras
+
+    expected = _write_rnn_checkpoints(tmp_path)
     result = run_cli("convert", "--outputs-dir", tmp_path, "-v")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.count("Keras 3 layout not possible") == 2
-    for prefix in (tmp_path / "k2_lstm/model.ckpt", tmp_path / "k3_lstm/ckpt-1"):
-        doc = sidecar_of(prefix)
-        assert doc["weights"]["layout"] == "ckptctl-tensors"
-        arrays = ckptctl.load_weights(outputs_for(prefix)[0])
-        reader = tf.train.load_checkpoint(str(prefix))
-        tensors = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-                   if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-        # The 5 model variables (LSTM kernel, recurrent kernel, bias; Dense kernel, bias),
-        # trainable ones included although Keras 3 keys them under optimizer/..., no slots.
-        assert len(arrays) == 5, list(arrays)
-        for name, values in arrays.items():
-            assert any(t.shape == values.shape and np.array_equal(t, values) for t in tensors), name
-        assert any("lstm" in name for name in arrays), list(arrays)
+    assert "Keras 3 layout not possible" not in result.stderr
+    for rel, predictions in expected.items():
+        prefix = tmp_path / rel
+        assert sidecar_of(prefix)["weights"]["layout"] == "keras3"
+        model = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(4), keras.layers.Dense(1)])
+        model.load_weights(str(outputs_for(prefix)[0]))
+        np.testing.assert_array_equal(model.predict(RNN_INPUT, verbose=0), predictions)
 
 
 def test_run_name_from_a_relative_prefix(fresh_tf_tree: tuple[Path, dict],

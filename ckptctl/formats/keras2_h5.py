@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import CorruptCheckpointError
-from ..layouts.keras3 import KLayer, Unmappable
+from ..layouts.keras3 import KLayer, Unmappable, all_variables
 from ..metadata import Gathered
 from ..readers.keras_files import HDF5_MAGIC, h5_kind
 from . import base
@@ -110,7 +110,7 @@ class OpenedKeras2H5(base.OpenedSource):
             if model is None:
                 return []
             return [TensorToWrite(v.source_key.lstrip("/"), v.dtype, v.shape, None, v.load)
-                    for layer in model.layers for v in layer.variables]
+                    for v in all_variables(model)]
 
         return keras3_or_fallback(self.format, g, model, why_not, every_variable, options)
 

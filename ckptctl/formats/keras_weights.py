@@ -67,8 +67,9 @@ def _fallback_writer(items: list[TensorToWrite], source_format: base.FormatId) -
 def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, why_not: str | None,
                        fallback: Callable[[], list[TensorToWrite]],
                        options: base.WeightsOptions) -> base.WeightsPlan:
-    """The Keras 3 layout when ``model`` maps onto it; else every model variable in the
-    ``ckptctl-tensors`` layout, with a note saying why (never with --keras-model)."""
+    """The Keras 3 layout when ``model`` maps onto it with certainty; with --keras-model,
+    the user's model filled variable by variable; else every model variable in the
+    ``ckptctl-tensors`` layout, with a note saying why."""
     if model is not None:
         try:
             plan = base.WeightsPlan(write=_keras3_writer(model, fmt, options))
@@ -77,20 +78,63 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
         except Unmappable as exc:
             why_not = exc.message
     if options.keras_model:
-        raise UnsupportedCheckpointError(f"cannot map onto a Keras 3 layout: {why_not}")
+        items = fallback()
+        if not items:
+            raise UnsupportedCheckpointError(f"no model variables found ({why_not})")
+        g.offer("contents.model_weights", True, "checkpoint")
+        spec = options.keras_model
+        return base.WeightsPlan(write=lambda tmp: _assign_to_keras_model(spec, items, fmt, tmp),
+                                notes=[f"mapped onto --keras-model {spec} in weight order "
+                                       f"({why_not})"])
     items = fallback()
     if not items:
         raise UnsupportedCheckpointError(f"no model variables found ({why_not})")
     g.offer("contents.model_weights", True, "checkpoint")
     return base.WeightsPlan(write=_fallback_writer(items, fmt),
-                       notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
+                            notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
 
 
-def verify_with_keras_model(spec: str, weights: Path) -> None:
-    """Build the user's Keras 3 model (``module:function``), load ``weights`` into it, and
-    require the same variables at the same paths with the same shapes as Keras would save."""
-    import h5py
+def _assign_to_keras_model(spec: str, items: list[TensorToWrite], fmt: base.FormatId,
+                           tmp: Path) -> base.WrittenWeights:
+    """Build the user's Keras 3 model, assign the source variables to its weights in order
+    (Keras 2's weight order: layer by layer, each layer's variables in creation order),
+    checking every shape, and let Keras write the file it would write for that model. A
+    second instance then loads it and must hold exactly the assigned values."""
+    import numpy as np
 
+    model = build_keras_model(spec)
+    targets = list(model.weights)
+    if len(targets) != len(items):
+        raise KerasModelMismatchError(
+            f"--keras-model {spec} has {len(targets)} variables, the checkpoint {len(items)}")
+    values = []
+    for target, item in zip(targets, items, strict=True):
+        array = item.load()
+        if tuple(target.shape) != tuple(array.shape):
+            raise KerasModelMismatchError(
+                f"--keras-model {spec}: {target.path} has shape {tuple(target.shape)}, the "
+                f"checkpoint's {item.name} {tuple(array.shape)} (first mismatch)")
+        target.assign(array)
+        values.append(array)
+    model.save_weights(str(tmp))
+    reloaded = build_keras_model(spec)
+    try:
+        reloaded.load_weights(str(tmp))
+    except Exception as exc:  # Keras' own check: any failure fails this checkpoint
+        raise KerasModelMismatchError(f"--keras-model {spec} rejected the weights: "
+                                      f"{str(exc).splitlines()[0]}") from exc
+    for target, array in zip(reloaded.weights, values, strict=True):
+        if not np.array_equal(np.asarray(target.numpy()), array, equal_nan=True):
+            raise KerasModelMismatchError(f"--keras-model {spec}: {target.path} did not round-trip")
+    dtypes: dict[str, int] = defaultdict(int)
+    for item in items:
+        dtypes[item.dtype] += 1
+    return base.WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, len(items),
+                               sum(int(np.prod(i.shape)) for i in items), dict(sorted(dtypes.items())))
+
+
+def build_keras_model(spec: str) -> Any:
+    """The Keras 3 model that ``module:function`` builds."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise UsageError(f"--keras-model must be module:function, got {spec!r}")
@@ -100,7 +144,15 @@ def verify_with_keras_model(spec: str, weights: Path) -> None:
         builder = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"--keras-model {spec}: {exc}") from exc
-    model = builder()
+    return builder()
+
+
+def verify_with_keras_model(spec: str, weights: Path) -> None:
+    """Build the user's Keras 3 model (``module:function``), load ``weights`` into it, and
+    require the same variables at the same paths with the same shapes as Keras would save."""
+    import h5py
+
+    model = build_keras_model(spec)
     with tempfile.TemporaryDirectory() as scratch:
         expected_path = Path(scratch) / "expected.weights.h5"
         model.save_weights(str(expected_path))

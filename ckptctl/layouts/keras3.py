@@ -1,20 +1,26 @@
 """Keras 3's ``.weights.h5`` layout, derived from a legacy checkpoint without the model code.
 
-Keras 3 (``keras/src/saving/saving_lib.py``) stores a model's weights as
+Keras 3 (``keras/src/saving/saving_lib.py``) walks a model and stores each object's own
+variables under the path that leads to it:
 
-    /vars                                 attrs: name=<model name>; the model's own variables
-    /layers/<key>/vars/<i>                the i-th variable of the layer, in the layer's order
-    /layers/<key>/layers/<key>/vars/<i>   layers of a nested model
+    /layers/<key>/vars/<i>                      a layer's own variables, in creation order
+    /layers/<key>/cell/vars/<i>                 an RNN's cell (LSTM, GRU, SimpleRNN)
+    /layers/<key>/forward_layer/cell/vars/<i>   Bidirectional: forward_layer, backward_layer
+    /layers/<key>/layer/vars/<i>                TimeDistributed: the wrapped layer
+    /layers/<key>/query_dense/vars/<i>          MultiHeadAttention: query/key/value/output_dense
+    /layers/<key>/layers/<key>/vars/<i>         layers of a nested model
 
-where ``<key>`` is the snake_case *class* name of the layer made unique per container in
-``model.layers`` order (``dense``, ``dense_1``, …), not the layer's own name (which is only
-the ``name`` attribute of its ``vars`` group). So the mapping needs each layer's class and
-its variables in Keras 3's order. Legacy checkpoints give the layer order (Keras 2's
-``layer-N`` children, Keras 3's ``_operations/N``, HDF5 ``layer_names``) and the variable
-names; the class is read from Keras' automatic layer name (``conv2d_3`` -> Conv2D) or, for
-layers a user named, inferred from its variables (``kernel`` of rank 2 -> Dense, …).
-Layers without variables need no group: Keras 3 loads them from nothing. Anything else is
-``Unmappable``; the caller then keeps the framework-neutral ``ckptctl-tensors`` layout.
+where ``<key>`` is the snake_case *class* name of the object, made unique per container in
+``model.layers`` order (``dense``, ``dense_1``, …), never the layer's own name. So a layer
+maps only when its class is certain. ``CLASS_SLOTS`` is the per-class table (checked
+against Keras 3 itself by ``tests/test_keras3_classes.py``); the class comes from the
+source's ``model_config`` when it has one, from the structure (an RNN ``cell``, a
+``forward_layer``, a wrapped ``layer``, MultiHeadAttention's four projections), from Keras'
+automatic layer names (``conv2d_3`` -> Conv2D), or from a variable signature that only one
+class has. When signals disagree or stay ambiguous (``gamma`` alone: LayerScale or a
+LayerNormalization without ``beta``; a Keras 3 ``kernel`` that may be Conv2D or
+DepthwiseConv2D) the layer is ``Unmappable`` with the reason, and the caller keeps the
+framework-neutral ``ckptctl-tensors`` layout: a wrong ``keras3`` label is never written.
 """
 
 from __future__ import annotations
@@ -29,53 +35,93 @@ import numpy as np
 
 from ..errors import CkptError, VerificationError
 
-#: Keras 3 variable order by layer class (legacy spellings mapped to Keras 3's).
-VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
-    "Dense": ("kernel", "bias"),
-    "EinsumDense": ("kernel", "bias"),
-    "Conv1D": ("kernel", "bias"), "Conv2D": ("kernel", "bias"), "Conv3D": ("kernel", "bias"),
-    "Conv1DTranspose": ("kernel", "bias"), "Conv2DTranspose": ("kernel", "bias"),
-    "Conv3DTranspose": ("kernel", "bias"),
-    "DepthwiseConv1D": ("kernel", "bias"), "DepthwiseConv2D": ("kernel", "bias"),
-    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
-    "LayerNormalization": ("gamma", "beta"),
-    "GroupNormalization": ("gamma", "beta"),
-    "Embedding": ("embeddings",),
-    "PReLU": ("alpha",),
+_RNN = ("kernel", "recurrent_kernel", "bias")
+_DENSE = ("kernel", "bias")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One Keras 3 variable group of a class: the path under the layer's group, the role
+    its variables have in legacy sources, and their order (missing ones are skipped:
+    ``use_bias=False``, ``BatchNormalization(scale=False)``)."""
+
+    prefix: str
+    role: str
+    names: tuple[str, ...]
+
+
+def _own(*names: str) -> tuple[Slot, ...]:
+    return (Slot("", "", names),)
+
+
+#: Keras 3 layout of every built-in layer class that has variables.
+CLASS_SLOTS: dict[str, tuple[Slot, ...]] = {
+    "Dense": _own(*_DENSE), "EinsumDense": _own(*_DENSE),
+    "Conv1D": _own(*_DENSE), "Conv2D": _own(*_DENSE), "Conv3D": _own(*_DENSE),
+    "Conv1DTranspose": _own(*_DENSE), "Conv2DTranspose": _own(*_DENSE),
+    "Conv3DTranspose": _own(*_DENSE),
+    "DepthwiseConv1D": _own(*_DENSE), "DepthwiseConv2D": _own(*_DENSE),
+    "SeparableConv1D": _own("depthwise_kernel", "pointwise_kernel", "bias"),
+    "SeparableConv2D": _own("depthwise_kernel", "pointwise_kernel", "bias"),
+    "BatchNormalization": _own("gamma", "beta", "moving_mean", "moving_variance"),
+    "LayerNormalization": _own("gamma", "beta"),
+    "GroupNormalization": _own("gamma", "beta"),
+    "LayerScale": _own("gamma"),
+    "Normalization": _own("mean", "variance", "count"),
+    "Embedding": _own("embeddings"),
+    "PReLU": _own("alpha"),
+    "SimpleRNN": (Slot("cell/", "", _RNN),),
+    "LSTM": (Slot("cell/", "", _RNN),),
+    "GRU": (Slot("cell/", "", _RNN),),
+    "Bidirectional": (Slot("forward_layer/cell/", "forward", _RNN),
+                      Slot("backward_layer/cell/", "backward", _RNN)),
+    "MultiHeadAttention": (Slot("query_dense/", "query", _DENSE), Slot("key_dense/", "key", _DENSE),
+                           Slot("value_dense/", "value", _DENSE),
+                           Slot("output_dense/", "output", _DENSE)),
 }
+#: Wrappers whose single wrapped layer sits under ``<prefix>`` with its own class's layout.
+WRAPPERS: dict[str, str] = {"TimeDistributed": "layer/"}
 #: Legacy variable names Keras 3 spells differently (per class).
 _RENAMES: dict[str, dict[str, str]] = {
     "DepthwiseConv1D": {"depthwise_kernel": "kernel"},
     "DepthwiseConv2D": {"depthwise_kernel": "kernel"},
+    "Normalization": {"adapt_mean": "mean", "adapt_variance": "variance"},  # Keras 3 TF graphs
 }
+#: Keras application models, always Functional (their automatic names carry no class).
+_APPLICATION_NAME = re.compile(
+    r"^(mobilenet|mobilenetv2|mobilenetv3|resnet|densenet|efficientnet|convnext|xception|vgg|"
+    r"inception|nasnet|regnet)", re.IGNORECASE)
 _SNAKE: dict[str, str] = {}
 
 
 def snake_case(class_name: str) -> str:
-    """Keras' ``naming.to_snake_case`` for the class names above (Conv2D -> conv2d)."""
+    """Keras' ``naming.to_snake_case`` (Conv2D -> conv2d, MultiHeadAttention ->
+    multi_head_attention)."""
     if class_name not in _SNAKE:
         intermediate = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", class_name)
         _SNAKE[class_name] = re.sub(r"([a-z])([A-Z])", r"\1_\2", intermediate).lower()
     return _SNAKE[class_name]
 
 
-_CLASS_BY_SNAKE = {snake_case(c): c for c in VARIABLE_ORDER}
-_MODEL_SNAKES = {"sequential": "Sequential", "functional": "Functional", "model": "Functional"}
+_CLASS_BY_SNAKE = {snake_case(c): c for c in (*CLASS_SLOTS, *WRAPPERS)}
+_MODEL_CLASSES = {"sequential": "Sequential", "functional": "Functional", "model": "Functional"}
 
 
 class Unmappable(CkptError, kind="unsupported"):
-    """The checkpoint's structure has no known Keras 3 layout."""
+    """The checkpoint's structure has no certain Keras 3 layout."""
 
 
 @dataclass
 class KVariable:
-    name: str                      # legacy local name: kernel, gamma, moving_mean, …
+    name: str                      # canonical local name: kernel, gamma, recurrent_kernel, …
     dtype: str
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
     source_key: str                # where it came from (checkpoint key / HDF5 path)
+    #: which part of a compound layer it belongs to: "", "forward", "backward", "query", …
+    role: str = ""
+    #: the name as the source spells it (Keras 3 TF graphs: ``_kernel`` vs ``kernel``)
+    raw_name: str = ""
 
 
 @dataclass
@@ -85,6 +131,10 @@ class KLayer:
     layers: list[KLayer] = field(default_factory=list)   # a nested model's layers
     is_model: bool = False
     class_name: str | None = None  # when the source records it (HDF5 model_config)
+    #: structural facts the source shows: "cell", "forward_layer", "layer", "keras3", …
+    evidence: set[str] = field(default_factory=set)
+    #: a nested model's first layer has variables (so it is not Functional's InputLayer)
+    first_layer_has_variables: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -94,65 +144,201 @@ class MappedVariable:
     variable: KVariable
 
 
-def infer_class(layer: KLayer) -> str:
-    if layer.class_name in VARIABLE_ORDER:
-        return layer.class_name
-    if layer.name:
-        base = re.sub(r"_\d+$", "", layer.name)
-        if base in _CLASS_BY_SNAKE:
-            return _CLASS_BY_SNAKE[base]
+def role_of(parts: list[str]) -> str:
+    """The role of a variable inside a compound layer from the path parts above it
+    (``forward_lstm/lstm_cell`` or ``forward_layer/cell``: forward; ``query`` or
+    ``_query_dense``: query)."""
+    for part in parts:
+        bare = part.lstrip("_")
+        if bare.startswith("forward"):
+            return "forward"
+        if bare.startswith("backward"):
+            return "backward"
+        for role in ("query", "key", "value"):
+            if bare in (role, f"{role}_dense"):
+                return role
+        if bare in ("attention_output", "output_dense"):
+            return "output"
+    return ""
+
+
+def _rnn_class(layer: KLayer, variables: list[KVariable]) -> str:
+    """SimpleRNN, GRU or LSTM from the gate count: recurrent kernels are (units, gates*units)."""
+    recurrent = next((v for v in variables if v.name == "recurrent_kernel"), None)
+    if recurrent is None or len(recurrent.shape) != 2 or recurrent.shape[0] == 0:
+        raise Unmappable(f"layer {layer.name!r}: recurrent layer without a 2-D recurrent_kernel")
+    gates, rest = divmod(recurrent.shape[1], recurrent.shape[0])
+    cls = {1: "SimpleRNN", 3: "GRU", 4: "LSTM"}.get(gates) if rest == 0 else None
+    if cls is None:
+        raise Unmappable(f"layer {layer.name!r}: recurrent_kernel {recurrent.shape} fits no "
+                         "SimpleRNN/GRU/LSTM")
+    return cls
+
+
+def _name_base(name: str | None) -> str:
+    return re.sub(r"_\d+$", "", (name or "").rsplit("/", 1)[-1])
+
+
+def infer_class(layer: KLayer, private_kernels: bool = False) -> str:
+    """The Keras class of a layer with variables, or raise ``Unmappable`` saying why not.
+
+    ``private_kernels``: the source is a Keras 3 TF checkpoint whose Dense/Conv layers
+    store ``_kernel``; a plain ``kernel`` then marks a DepthwiseConv layer."""
     names = {v.name for v in layer.variables}
+    roles = {v.role for v in layer.variables} - {""}
+    if layer.class_name:
+        cls = layer.class_name.split(">")[-1]
+        if cls in CLASS_SLOTS or cls in WRAPPERS:
+            return cls
+    if roles & {"forward", "backward"}:
+        return "Bidirectional"
+    if roles & {"query", "key", "value", "output"}:
+        return "MultiHeadAttention"
+    if "layer" in layer.evidence:
+        return "TimeDistributed"
+    if "recurrent_kernel" in names or "cell" in layer.evidence:
+        return _rnn_class(layer, layer.variables)
+    auto = _CLASS_BY_SNAKE.get(_name_base(layer.name))
+    by_signature = _class_by_signature(layer, names, private_kernels)
+    if auto is not None and auto in WRAPPERS:
+        return auto
+    if auto is not None and by_signature is not None and auto != by_signature \
+            and not _compatible(auto, by_signature):
+        raise Unmappable(f"layer {layer.name!r}: its name says {auto}, its variables say "
+                         f"{by_signature}")
+    if auto is not None:
+        return auto
+    if by_signature is not None:
+        return by_signature
+    listed = ", ".join(f"{v.raw_name or v.name}{list(v.shape)}" for v in layer.variables)
+    raise Unmappable(f"layer {layer.name!r}: class not certain from its variables ({listed}); "
+                     "use --keras-model")
+
+
+def _compatible(auto: str, signature: str) -> bool:
+    # Keras' automatic name is the stronger signal among kernel-shaped classes that share a
+    # variable signature (conv2d_transpose vs conv2d; einsum_dense vs dense).
+    kernel_classes = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+                      "Conv2DTranspose", "Conv3DTranspose"}
+    return auto in kernel_classes and signature in kernel_classes
+
+
+def _class_by_signature(layer: KLayer, names: set[str], private_kernels: bool) -> str | None:
     kernel = next((v for v in layer.variables if v.name == "kernel"), None)
+    rank = len(kernel.shape) if kernel is not None else 0
+    lowered = (layer.name or "").lower()
     if names <= {"kernel", "bias"} and kernel is not None:
-        return {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}.get(len(kernel.shape), "")
-    if {"moving_mean", "moving_variance"} <= names <= set(VARIABLE_ORDER["BatchNormalization"]):
+        if "keras3" in layer.evidence and kernel.raw_name == "kernel" and (rank in (3, 4) or private_kernels):
+            # Keras 3 keeps Dense/Conv kernels private (``_kernel``): a plain ``kernel`` is a
+            # DepthwiseConv or a ConvTranspose, told apart only by the layer's name.
+            if "depthwise" in lowered:
+                return {3: "DepthwiseConv1D", 4: "DepthwiseConv2D"}.get(rank)
+            if "transpose" in lowered or "deconv" in lowered:
+                return {3: "Conv1DTranspose", 4: "Conv2DTranspose", 5: "Conv3DTranspose"}.get(rank)
+            return None
+        return {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}.get(rank)
+    if {"moving_mean", "moving_variance"} <= names <= {"gamma", "beta", "moving_mean", "moving_variance"}:
         return "BatchNormalization"  # gamma/beta are absent with scale/center=False
-    if names <= {"gamma", "beta"} and names:
-        return "LayerNormalization"
+    if names == {"gamma", "beta"}:
+        if "group" in lowered:
+            return "GroupNormalization"
+        return "LayerNormalization" if re.search(r"layer_?norm|(^|_)ln(_|$)", lowered) else None
+    if names == {"gamma"}:
+        return "LayerScale" if re.search(r"layer_?scale", lowered) else None
     if names == {"embeddings"}:
         return "Embedding"
-    if "pointwise_kernel" in names:
-        return "SeparableConv2D"
-    if names <= {"depthwise_kernel", "bias"} and "depthwise_kernel" in names:
-        return "DepthwiseConv2D"
-    return ""
+    if names == {"alpha"}:
+        return "PReLU"
+    if names in ({"mean", "variance", "count"}, {"adapt_mean", "adapt_variance", "count"}):
+        return "Normalization"
+    depthwise = next((v for v in layer.variables if v.name == "depthwise_kernel"), None)
+    if depthwise is not None and "pointwise_kernel" in names and names <= {
+            "depthwise_kernel", "pointwise_kernel", "bias"}:
+        return {3: "SeparableConv1D", 4: "SeparableConv2D"}.get(len(depthwise.shape))
+    if depthwise is not None and names <= {"depthwise_kernel", "bias"}:
+        return {3: "DepthwiseConv1D", 4: "DepthwiseConv2D"}.get(len(depthwise.shape))
+    return None
 
 
 def keras3_mapping(model: KLayer) -> list[MappedVariable]:
     """Every variable of ``model`` placed at its Keras 3 path; raises ``Unmappable``."""
+    private_kernels = _uses_private_kernels(model)
     mapped: list[MappedVariable] = []
-    _map_container(model, "", mapped)
+    _map_container(model, "", mapped, private_kernels)
     if not mapped:
         raise Unmappable("no model variables found")
     return mapped
 
 
-def _map_container(container: KLayer, prefix: str, out: list[MappedVariable]) -> None:
+def _uses_private_kernels(model: KLayer) -> bool:
+    return any(v.raw_name == "_kernel" for v in all_variables(model))
+
+
+def all_variables(layer: KLayer) -> list[KVariable]:
+    """Every variable of a layer tree, layer by layer in order (Keras 2's weight order)."""
+    return [*layer.variables, *(v for child in layer.layers for v in all_variables(child))]
+
+
+def model_class(layer: KLayer) -> str:
+    """Sequential or Functional for a nested model, or raise ``Unmappable``."""
+    if layer.class_name:
+        bare = layer.class_name.split(">")[-1]
+        if bare in ("Sequential", "Functional", "Model"):
+            return "Functional" if bare == "Model" else bare
+    base = _name_base(layer.name)
+    if base in _MODEL_CLASSES:
+        return _MODEL_CLASSES[base]
+    if layer.name and _APPLICATION_NAME.match(layer.name):
+        return "Functional"
+    if layer.first_layer_has_variables:
+        return "Sequential"  # a Functional model's first layer is its weightless InputLayer
+    raise Unmappable(f"nested model {layer.name!r}: Sequential or Functional cannot be told "
+                     "apart in this file; use --keras-model")
+
+
+def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
+                   private_kernels: bool) -> None:
     used: dict[str, int] = {}
     for layer in container.layers:
         if layer.is_model or layer.layers:
-            snake = _MODEL_SNAKES.get(re.sub(r"_\d+$", "", layer.name or ""), "functional")
-            key = _unique(snake_case(snake) if snake[0].isupper() else snake, used)
             if layer.variables:
                 raise Unmappable(f"nested model {layer.name!r} has variables of its own")
-            _map_container(layer, f"{prefix}layers/{key}/", out)
+            key = _unique(snake_case(model_class(layer)), used)
+            _map_container(layer, f"{prefix}layers/{key}/", out, private_kernels)
             continue
         if not layer.variables:
             continue  # weightless (Input, Concatenate, Dropout, …): nothing to store
-        class_name = infer_class(layer)
-        if not class_name:
-            names = ", ".join(v.name for v in layer.variables)
-            raise Unmappable(f"layer {layer.name!r} with variables ({names}) has no known Keras class")
-        order = VARIABLE_ORDER[class_name]
-        renames = _RENAMES.get(class_name, {})
-        by_name = {renames.get(v.name, v.name): v for v in layer.variables}
-        unknown = set(by_name) - set(order)
-        if unknown:
-            raise Unmappable(f"layer {layer.name!r} ({class_name}) has unexpected variables "
-                             + ", ".join(sorted(unknown)))
+        class_name = infer_class(layer, private_kernels)
         key = _unique(snake_case(class_name), used)
-        for index, var_name in enumerate(n for n in order if n in by_name):
-            out.append(MappedVariable(f"{prefix}layers/{key}/vars/{index}", layer.name, by_name[var_name]))
+        base = f"{prefix}layers/{key}/"
+        if class_name in WRAPPERS:
+            inner = KLayer(None, layer.variables, evidence=layer.evidence - {"layer"})
+            inner_class = infer_class(inner, private_kernels)
+            if inner_class in WRAPPERS:
+                raise Unmappable(f"layer {layer.name!r}: nested wrappers")
+            _place(layer, inner_class, base + WRAPPERS[class_name], out)
+        else:
+            _place(layer, class_name, base, out)
+
+
+def _place(layer: KLayer, class_name: str, base: str, out: list[MappedVariable]) -> None:
+    renames = _RENAMES.get(class_name, {})
+    slots = CLASS_SLOTS[class_name]
+    taken: set[int] = set()
+    for slot in slots:
+        by_name = {renames.get(v.name, v.name): (i, v) for i, v in enumerate(layer.variables)
+                   if v.role == slot.role}
+        index = 0
+        for var_name in slot.names:
+            if var_name in by_name:
+                position, variable = by_name[var_name]
+                taken.add(position)
+                out.append(MappedVariable(f"{base}{slot.prefix}vars/{index}", layer.name, variable))
+                index += 1
+    left = [v for i, v in enumerate(layer.variables) if i not in taken]
+    if left:
+        raise Unmappable(f"layer {layer.name!r} ({class_name}) has unexpected variables "
+                         + ", ".join(sorted(f"{v.role + '/' if v.role else ''}{v.name}" for v in left)))
 
 
 def _unique(base: str, used: dict[str, int]) -> str:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import CorruptCheckpointError
-from ..layouts.keras3 import KLayer, KVariable, Unmappable
+from ..layouts.keras3 import KLayer, KVariable, Unmappable, all_variables, role_of
 from .tensor import STORAGE_NUMPY
 from .tf_index import ObjectGraph, TFIndexCheckpoint
 
 _LAYER_CHILD = re.compile(r"^layer-(\d+)$")
+_LAYER_WITH_WEIGHTS = re.compile(r"^layer_with_weights-(\d+)$")
 _OPERATION_CHILD = re.compile(r"^\d+$")
 _SKIP_ROOT_CHILDREN = ("optimizer", "save_counter", "keras_api")
 
@@ -64,41 +66,73 @@ def find_model_node(graph: ObjectGraph) -> tuple[int, str] | None:
     return None
 
 
-def _tf_variable(ckpt: TFIndexCheckpoint, name: str, attr: Any) -> KVariable:
+def _tf_variable(ckpt: TFIndexCheckpoint, parts: list[str], attr: Any, keras3: bool) -> KVariable:
     entry = ckpt.entries.get(attr.checkpoint_key)
     if entry is None:
         raise CorruptCheckpointError(f"object graph names a missing tensor {attr.checkpoint_key}")
     if entry.dtype not in STORAGE_NUMPY:
         raise Unmappable(f"variable {attr.full_name} has dtype {entry.dtype}")
     key = attr.checkpoint_key
-    return KVariable(name, entry.dtype, entry.shape, lambda: ckpt.read(key), key)
+    raw = parts[-1]
+    return KVariable(raw.lstrip("_"), entry.dtype, entry.shape, lambda: ckpt.read(key), key,
+                     role=role_of(parts[:-1]), raw_name=raw)
+
+
+#: object-graph children of a layer that are never part of its weights
+_NOT_WEIGHTS = ("optimizer", "keras_api", "_self_saveable_object_factories", "_seed_generator",
+                "seed_generator", "_tracker")
+_MAX_SUBLAYER_DEPTH = 4
+
+
+def _is_container_child(name: str) -> bool:
+    return bool(_LAYER_CHILD.match(name) or _LAYER_WITH_WEIGHTS.match(name)) or name in (
+        "_functional", "_operations", "_layers")
 
 
 def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str) -> KLayer:
+    children = _children(graph, node_id)
+    names = {name for name, _ in children}
+    if any(_LAYER_CHILD.match(n) for n in names) or "_functional" in names or "_operations" in names:
+        return _model_from_node(ckpt, graph, node_id, flavour)
     variables: list[KVariable] = []
-    full_names: list[str] = []
-    nested: KLayer | None = None
-    for name, child in _children(graph, node_id):
-        attr = _variable_attr(graph, child)
-        if attr is not None:
-            variables.append(_tf_variable(ckpt, name.lstrip("_"), attr))
-            full_names.append(attr.full_name)
-            continue
-        grand = {n for n, _ in _children(graph, child)}
-        if flavour == "keras2" and _LAYER_CHILD.match(name):
-            continue  # handled by the container
-        if name in ("_functional", "_operations") or any(_LAYER_CHILD.match(n) for n in grand):
-            nested = _model_from_node(ckpt, graph, node_id, flavour)
-            break
-        if _has_variables(graph, child, 3):
-            raise Unmappable(f"layer node {name!r} holds sub-layers with variables (RNN cell?)")
-    if nested is not None:
-        return nested
-    layer_name = None
-    if full_names:
-        parts = full_names[0].split("/")
-        layer_name = parts[-2] if len(parts) >= 2 else None
-    return KLayer(layer_name, variables)
+    evidence: set[str] = {"keras3"} if flavour == "keras3" else set()
+    full_names: list[tuple[str, int]] = []
+    seen_keys: set[str] = set()
+
+    def collect(node: int, parts: list[str], depth: int) -> None:
+        for name, child in _children(graph, node):
+            if name.startswith(_NOT_WEIGHTS) or (depth > 0 and _is_container_child(name)):
+                continue
+            attr = _variable_attr(graph, child)
+            if attr is not None:
+                if attr.checkpoint_key not in seen_keys:
+                    seen_keys.add(attr.checkpoint_key)
+                    variables.append(_tf_variable(ckpt, [*parts, name], attr, flavour == "keras3"))
+                    full_names.append((attr.full_name, len(parts) + 1))
+                continue
+            if _is_container_child(name):
+                continue
+            if depth >= _MAX_SUBLAYER_DEPTH:
+                if _has_variables(graph, child, 2):
+                    raise Unmappable(f"layer node {name!r} nests sub-layers too deeply")
+                continue
+            evidence.add(name.lstrip("_"))
+            collect(child, [*parts, name], depth + 1)
+
+    collect(node_id, [], 0)
+    return KLayer(_layer_name(full_names, flavour), variables, evidence=evidence)
+
+
+def _layer_name(full_names: list[tuple[str, int]], flavour: str) -> str | None:
+    """The layer's name from its variables' full names, less the parts inside the layer
+    (``bidirectional/forward_lstm/lstm_cell/kernel`` -> ``bidirectional``; DenseNet's
+    ``conv1/conv/kernel`` -> ``conv1/conv``). Keras 3 prefixes the model's name."""
+    if not full_names:
+        return None
+    full, inside = min(full_names, key=lambda item: item[1])
+    parts = full.split("/")
+    kept = parts[: max(1, len(parts) - inside)]
+    return kept[-1] if flavour == "keras3" else "/".join(kept)
 
 
 def _has_variables(graph: ObjectGraph, node_id: int, depth: int) -> bool:
@@ -121,7 +155,9 @@ def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
         ordered = sorted((int(m.group(1)), c) for n, c in _children(graph, node_id)
                          if (m := _LAYER_CHILD.match(n)))
         layers = [_layer_from_node(ckpt, graph, c, "keras2") for _, c in ordered]
-    return KLayer(None, [], layers, is_model=True)
+    first = layers[0] if layers else None
+    first_has_variables = first is not None and bool(first.variables or first.layers)
+    return KLayer(None, [], layers, is_model=True, first_layer_has_variables=first_has_variables)
 
 
 def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | None]:
@@ -144,24 +180,28 @@ def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | N
 
 
 def model_variable_keys(ckpt: TFIndexCheckpoint) -> list[tuple[str, str]] | None:
-    """(full name, checkpoint key) of every variable reachable from the model node without
-    passing through the optimizer; None when the graph has no recognisable model."""
+    """(full name, checkpoint key) of every variable reachable from the model node (else
+    from the root: a subclassed model) without passing through the optimizer, depth first
+    in the graph's child order (the order the model tracked them: Keras 2's weight order);
+    None when there is no object graph."""
     graph = ckpt.object_graph()
-    found = find_model_node(graph) if graph is not None else None
-    if graph is None or found is None:
+    if graph is None:
         return None
+    found = find_model_node(graph)
+    start = found[0] if found is not None else 0  # a subclassed model: its root attributes
     result: list[tuple[str, str]] = []
-    seen = {found[0]}
-    queue = [found[0]]
-    while queue:
-        node = queue.pop(0)
+    seen = {start}
+    stack = [start]
+    while stack:
+        node = stack.pop()
         attr = _variable_attr(graph, node)
         if attr is not None:
             result.append((attr.full_name or attr.checkpoint_key, attr.checkpoint_key))
-        for name, child in _children(graph, node):
-            if child not in seen and not name.startswith("optimizer"):
-                seen.add(child)
-                queue.append(child)
+        skipped = _SKIP_ROOT_CHILDREN if node == 0 else ("optimizer",)
+        fresh = [child for name, child in _children(graph, node)
+                 if child not in seen and not name.startswith(skipped)]
+        seen.update(fresh)
+        stack.extend(reversed(fresh))
     return result
 
 
@@ -182,7 +222,9 @@ def scalar_variables(ckpt: TFIndexCheckpoint) -> dict[str, float | int]:
         if entry.dtype.startswith(("int", "uint")):
             values[name] = int(value)
         elif entry.dtype.startswith("float") and entry.dtype != "float8":
-            values[name] = float(value)
+            # numpy prints a float32 with the fewest digits that read back as the same
+            # float32 (0.42, not 0.41999998688697815): that is what the user logged.
+            values[name] = float(str(value))
 
     for name, child in _children(graph, 0):
         read_scalar(name, child)
@@ -231,21 +273,46 @@ def _h5_attrs(path: Path) -> dict[str, Any]:
     return info
 
 
-def _classes_from_config(config: Any) -> dict[str, str]:
-    """layer name -> class name from a model_config (nested models included)."""
-    classes: dict[str, str] = {}
-    stack = [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
-            name = node.get("name") or name
-            if isinstance(node.get("class_name"), str) and isinstance(name, str):
-                classes.setdefault(name, node["class_name"])
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return classes
+@dataclass
+class _ConfigLayer:
+    """A layer as a Keras 2 ``model_config`` describes it."""
+
+    name: str
+    class_name: str
+    #: a nested model's layers, in ``model.layers`` order
+    layers: list[_ConfigLayer] | None = None
+
+
+def _config_layers(config: Any, depth: int = 0) -> list[_ConfigLayer] | None:
+    """The layers of a (Sequential/Functional) model config, nested models included."""
+    if depth > 20 or not isinstance(config, dict):
+        return None
+    inner = config.get("config")
+    entries = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(entries, list):
+        return None
+    result = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+            continue
+        entry_config = entry.get("config")
+        name = entry.get("name") or (entry_config.get("name") if isinstance(entry_config, dict) else None)
+        if not isinstance(name, str):
+            continue
+        result.append(_ConfigLayer(name, entry["class_name"], _config_layers(entry, depth + 1)))
+    return result
+
+
+def _chunked(attrs: Any, key: str) -> list[str]:
+    """A Keras 2 HDF5 name list; lists over 64 KB are split into ``key0``, ``key1``, …"""
+    if key in attrs:
+        return _texts(attrs[key])
+    values: list[str] = []
+    index = 0
+    while f"{key}{index}" in attrs:
+        values.extend(_texts(attrs[f"{key}{index}"]))
+        index += 1
+    return values
 
 
 def keras_model_from_h5(path: Path) -> KLayer:
@@ -262,35 +329,96 @@ def _keras_model_from_h5(path: Path) -> KLayer:
 
     with h5py.File(path, "r") as f:
         root = f.get("model_weights", f)
-        if "layer_names" not in root.attrs:
+        layer_names = _chunked(root.attrs, "layer_names")
+        if not layer_names:
             raise Unmappable("HDF5 file without layer_names")
-        classes: dict[str, str] = {}
+        config_layers: dict[str, _ConfigLayer] = {}
         if "model_config" in f.attrs:
             raw = f.attrs["model_config"]
             try:
-                classes = _classes_from_config(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+                parsed = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
             except (ValueError, UnicodeDecodeError):
-                classes = {}
-        layers: list[KLayer] = []
-        for layer_name in _texts(root.attrs["layer_names"]):
+                parsed = None
+            config_layers = {c.name: c for c in _config_layers(parsed) or []}
+        layers = []
+        for layer_name in layer_names:
             group = root[layer_name]
-            weight_names = _texts(group.attrs.get("weight_names", []))
-            variables = []
-            for weight_name in weight_names:
-                parts = weight_name.split("/")
-                if len(parts) > 2:
-                    raise Unmappable(f"layer {layer_name!r} is a nested model (weight {weight_name})")
-                dataset = group[weight_name]
-                dtype = next((k for k, v in STORAGE_NUMPY.items() if v == dataset.dtype.newbyteorder("<")
-                              or v == dataset.dtype), None)
-                if dtype is None:
-                    raise Unmappable(f"weight {weight_name} has dtype {dataset.dtype}")
-                dataset_path = dataset.name
-                variables.append(KVariable(parts[-1].split(":")[0], dtype, tuple(dataset.shape),
-                                           _h5_loader(path, dataset_path), dataset_path))
-            layers.append(KLayer(layer_name, variables, class_name=classes.get(layer_name)))
-    model = KLayer(None, [], layers, is_model=True)
-    return model
+            weights = [_h5_variable(path, group, name) for name in _chunked(group.attrs, "weight_names")]
+            layers.append(_h5_layer(layer_name, weights, config_layers.get(layer_name)))
+    return KLayer(None, [], layers, is_model=True)
+
+
+@dataclass
+class _H5Weight:
+    name: str          # as stored: "bidirectional/forward_lstm/lstm_cell/kernel:0"
+    variable: KVariable
+
+
+def _h5_variable(path: Path, group: Any, weight_name: str) -> _H5Weight:
+    dataset = group[weight_name]
+    dtype = next((k for k, v in STORAGE_NUMPY.items() if v == dataset.dtype.newbyteorder("<")
+                  or v == dataset.dtype), None)
+    if dtype is None:
+        raise Unmappable(f"weight {weight_name} has dtype {dataset.dtype}")
+    local = weight_name.split("/")[-1].split(":")[0]
+    variable = KVariable(local, dtype, tuple(dataset.shape), _h5_loader(path, dataset.name),
+                         dataset.name, raw_name=local)
+    return _H5Weight(weight_name.split(":")[0], variable)
+
+
+def _h5_layer(layer_name: str, weights: list[_H5Weight], config: _ConfigLayer | None) -> KLayer:
+    """One entry of ``layer_names``: a layer (its weights named ``<layer>/…``) or a nested
+    model (its weights named by its own layers)."""
+    nested = config is not None and config.layers is not None
+    own = all(w.name.startswith(layer_name + "/") for w in weights)
+    if not nested and own:
+        for weight in weights:
+            parts = weight.name[len(layer_name) + 1:].split("/")
+            weight.variable.role = role_of(parts[:-1])
+        return KLayer(layer_name, [w.variable for w in weights],
+                      class_name=config.class_name if config else None)
+    if config is not None and config.layers is not None:
+        inner = [_h5_layer_from_config(c, weights) for c in config.layers]
+        claimed = sum(len(all_variables(layer)) for layer in inner)
+        if claimed != len(weights):
+            raise Unmappable(f"nested model {layer_name!r}: its weights do not match its config")
+        return KLayer(layer_name, [], inner, is_model=True, class_name=config.class_name)
+    return _h5_nested_by_names(layer_name, weights)
+
+
+def _h5_layer_from_config(config: _ConfigLayer, weights: list[_H5Weight]) -> KLayer:
+    mine = [w for w in weights if w.name.startswith(config.name + "/")]
+    if config.layers is not None:
+        inner = [_h5_layer_from_config(c, weights) for c in config.layers]
+        return KLayer(config.name, [], inner, is_model=True, class_name=config.class_name)
+    for weight in mine:
+        parts = weight.name[len(config.name) + 1:].split("/")
+        weight.variable.role = role_of(parts[:-1])
+    return KLayer(config.name, [w.variable for w in mine], class_name=config.class_name)
+
+
+#: parts of a weight name that sit inside a compound layer (so the layer's name ends before)
+_INSIDE_LAYER = re.compile(r"^(.*_cell|forward_.*|backward_.*|query|key|value|attention_output)$")
+
+
+def _h5_nested_by_names(layer_name: str, weights: list[_H5Weight]) -> KLayer:
+    """A nested model saved without its config: its layers from the weight names, in the
+    order their first weight appears (Keras saves a model's weights layer by layer)."""
+    order: list[str] = []
+    grouped: dict[str, list[_H5Weight]] = {}
+    for weight in weights:
+        parts = weight.name.split("/")
+        cut = len(parts) - 1
+        while cut > 1 and _INSIDE_LAYER.match(parts[cut - 1]):
+            cut -= 1
+        inner_name = "/".join(parts[:cut])
+        weight.variable.role = role_of(parts[cut:-1])
+        if inner_name not in grouped:
+            order.append(inner_name)
+            grouped[inner_name] = []
+        grouped[inner_name].append(weight)
+    inner = [KLayer(name, [w.variable for w in grouped[name]]) for name in order]
+    return KLayer(layer_name, [], inner, is_model=True)
 
 
 def _h5_loader(path: Path, dataset_path: str) -> Any:
