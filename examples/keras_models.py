@@ -168,3 +168,60 @@ KERAS2_BUILDERS: dict[str, Callable[[], Any]] = {
     "build_sequential_keras2": build_sequential_keras2,
     "build_functional_keras2": build_functional_keras2,
 }
+
+
+# ----------------------------------------------- subclassed model and custom layer (issue: --keras-model)
+# Neither has a layout Keras 3 could derive without the code (a subclassed model's layers are
+# attributes, a custom layer's class is the user's): ckptctl maps them onto the model these
+# builders return, in Keras 2's weight order, with --keras-model.
+SUB_IN, SUB_HIDDEN, SUB_OUT = 5, 4, 3
+
+
+def _subclassed(lib: Any, seed: int) -> Any:
+    class TwoLayer(lib.Model):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__(name="two_layer")
+            self.hidden = lib.layers.Dense(SUB_HIDDEN, activation="relu",
+                                           kernel_initializer=_glorot(lib, seed))
+            self.out = lib.layers.Dense(SUB_OUT, kernel_initializer=_glorot(lib, seed + 1),
+                                        bias_initializer=lib.initializers.Constant(0.5))
+
+        def call(self, inputs: Any) -> Any:
+            return self.out(self.hidden(inputs))
+
+    model = TwoLayer()
+    model(lib.ops.ones((1, SUB_IN)) if hasattr(lib, "ops") else lib.backend.ones((1, SUB_IN)))
+    return model
+
+
+def build_subclassed(seed: int = SEED + 30) -> keras.Model:
+    return _subclassed(keras, seed)
+
+
+def build_subclassed_keras2(seed: int = SEED + 30) -> Any:
+    return _subclassed(_tf_keras(), seed)
+
+
+def _custom_layer_model(lib: Any, seed: int) -> Any:
+    class Scale(lib.layers.Layer):  # type: ignore[misc, name-defined]
+        """y = x * w + b, elementwise: a layer Keras does not know."""
+
+        def build(self, input_shape: Any) -> None:
+            self.w = self.add_weight(name="w", shape=(input_shape[-1],),
+                                     initializer=lib.initializers.RandomNormal(seed=seed))
+            self.b = self.add_weight(name="b", shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, inputs: Any) -> Any:
+            return inputs * self.w + self.b
+
+    inputs = lib.Input((SUB_IN,))
+    hidden = lib.layers.Dense(SUB_HIDDEN, kernel_initializer=_glorot(lib, seed), name="dense")(inputs)
+    return lib.Model(inputs, Scale(name="scale")(hidden), name="custom")
+
+
+def build_custom_layer(seed: int = SEED + 40) -> keras.Model:
+    return _custom_layer_model(keras, seed)
+
+
+def build_custom_layer_keras2(seed: int = SEED + 40) -> Any:
+    return _custom_layer_model(_tf_keras(), seed)
