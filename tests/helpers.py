@@ -10,10 +10,10 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from ckptctl.cli import cli
-
-REPO = Path(__file__).resolve().parent.parent
 from ckptctl.sidecars import parse_sidecar
 from ckptctl.yamlio import load_yaml_file
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> Result:
