@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 @options.no_recursive
 @click.option("--metadata-only", is_flag=True, help="Write sidecars only, no weights files.")
 @click.option("--keras-model", metavar="MODULE:FUNCTION",
-              help="Build your Keras 3 model with MODULE:FUNCTION and fail a checkpoint unless its "
-                   "converted weights match it variable for variable (imports TensorFlow/Keras).")
+              help="Build your Keras 3 model with MODULE:FUNCTION: verify the converted weights "
+                   "against it, or map the checkpoint onto it when no layout is certain "
+                   "(subclassed models, custom layers); imports TensorFlow/Keras.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
 def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None,
             output_dir: Path | None, force: bool,

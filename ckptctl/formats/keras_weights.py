@@ -77,6 +77,7 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
             return plan
         except Unmappable as exc:
             why_not = exc.message
+    why_not = _one_short_line(why_not or "no Keras model found")
     if options.keras_model:
         items = fallback()
         if not items:
@@ -92,6 +93,11 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
     g.offer("contents.model_weights", True, "checkpoint")
     return base.WeightsPlan(write=_fallback_writer(items, fmt),
                             notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
+
+
+def _one_short_line(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _assign_to_keras_model(spec: str, items: list[TensorToWrite], fmt: base.FormatId,
