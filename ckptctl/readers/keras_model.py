@@ -89,18 +89,27 @@ def _is_container_child(name: str) -> bool:
         "_functional", "_operations", "_layers")
 
 
-def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str) -> KLayer:
+#: nested models deeper than this are not real (and a cyclic graph must not recurse forever)
+_MAX_MODEL_DEPTH = 32
+
+
+def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,
+                     models: tuple[int, ...] = ()) -> KLayer:
     children = _children(graph, node_id)
     names = {name for name, _ in children}
     if any(_LAYER_CHILD.match(n) for n in names) or "_functional" in names or "_operations" in names:
-        return _model_from_node(ckpt, graph, node_id, flavour)
+        return _model_from_node(ckpt, graph, node_id, flavour, models)
     variables: list[KVariable] = []
     evidence: set[str] = {"keras3"} if flavour == "keras3" else set()
     full_names: list[tuple[str, int]] = []
     seen_keys: set[str] = set()
+    visited: set[int] = {node_id}  # shared sub-objects (and cycles) are walked once
 
     def collect(node: int, parts: list[str], depth: int) -> None:
         for name, child in _children(graph, node):
+            if child in visited:
+                continue
+            visited.add(child)
             if name.startswith(_NOT_WEIGHTS) or (depth > 0 and _is_container_child(name)):
                 continue
             attr = _variable_attr(graph, child)
@@ -141,7 +150,11 @@ def _has_variables(graph: ObjectGraph, node_id: int, depth: int) -> bool:
     return depth > 0 and any(_has_variables(graph, c, depth - 1) for _, c in _children(graph, node_id))
 
 
-def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str) -> KLayer:
+def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,
+                     models: tuple[int, ...] = ()) -> KLayer:
+    if node_id in models or len(models) >= _MAX_MODEL_DEPTH:
+        raise Unmappable("the object graph nests models in a cycle or too deeply")
+    models = (*models, node_id)
     children = dict(_children(graph, node_id))
     if flavour == "keras3" or "_functional" in children or "_operations" in children:
         ops_node = children.get("_operations")
@@ -150,11 +163,11 @@ def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
         if ops_node is None:
             raise Unmappable("Keras 3 model without _operations")
         ordered = sorted(((int(n), c) for n, c in _children(graph, ops_node) if _OPERATION_CHILD.match(n)))
-        layers = [_layer_from_node(ckpt, graph, c, "keras3") for _, c in ordered]
+        layers = [_layer_from_node(ckpt, graph, c, "keras3", models) for _, c in ordered]
     else:
         ordered = sorted((int(m.group(1)), c) for n, c in _children(graph, node_id)
                          if (m := _LAYER_CHILD.match(n)))
-        layers = [_layer_from_node(ckpt, graph, c, "keras2") for _, c in ordered]
+        layers = [_layer_from_node(ckpt, graph, c, "keras2", models) for _, c in ordered]
     first = layers[0] if layers else None
     first_has_variables = first is not None and bool(first.variables or first.layers)
     return KLayer(None, [], layers, is_model=True, first_layer_has_variables=first_has_variables)
