@@ -299,15 +299,24 @@ def model_class(layer: KLayer) -> str:
 def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
                    private_kernels: bool) -> None:
     used: dict[str, int] = {}
-    for layer in container.layers:
+    for position, layer in enumerate(container.layers):
         if layer.is_model or layer.layers:
             if layer.variables:
                 raise Unmappable(f"nested model {layer.name!r} has variables of its own")
+            if not all_variables(layer):
+                _skip_weightless_model(layer, container.layers[position + 1:], used)
+                continue
             key = _unique(snake_case(model_class(layer)), used)
             _map_container(layer, f"{prefix}layers/{key}/", out, private_kernels)
             continue
         if not layer.variables:
-            continue  # weightless (Input, Concatenate, Dropout, …): nothing to store
+            # Weightless (Input, Dropout, …): nothing to store, but Keras 3 still counts it
+            # in its class's keys (a TimeDistributed(Flatten) makes the next one
+            # time_distributed_1).
+            weightless_class = _weightless_class(layer)
+            if weightless_class is not None:
+                _unique(snake_case(weightless_class), used)
+            continue
         class_name = infer_class(layer, private_kernels)
         key = _unique(snake_case(class_name), used)
         base = f"{prefix}layers/{key}/"
@@ -319,6 +328,27 @@ def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
             _place(layer, inner_class, base + WRAPPERS[class_name], out)
         else:
             _place(layer, class_name, base, out)
+
+
+def _weightless_class(layer: KLayer) -> str | None:
+    """The class of a weightless layer when it is one whose weighted instances have keys."""
+    if layer.class_name:
+        bare = layer.class_name.split(">")[-1]
+        return bare if bare in CLASS_SLOTS or bare in WRAPPERS else None
+    if "layer" in layer.evidence:
+        return "TimeDistributed"
+    return _CLASS_BY_SNAKE.get(_name_base(layer.name))
+
+
+def _skip_weightless_model(layer: KLayer, later: list[KLayer], used: dict[str, int]) -> None:
+    """A nested model without variables still takes its class's next key."""
+    try:
+        _unique(snake_case(model_class(layer)), used)
+    except Unmappable:
+        if any((child.is_model or child.layers) and all_variables(child) for child in later):
+            raise Unmappable(f"nested model {layer.name!r} has no variables and may be "
+                             "Sequential or Functional: the keys of the nested models after it "
+                             "are not certain") from None
 
 
 def _place(layer: KLayer, class_name: str, base: str, out: list[MappedVariable]) -> None:
