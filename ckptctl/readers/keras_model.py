@@ -170,7 +170,13 @@ def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
         layers = [_layer_from_node(ckpt, graph, c, "keras2", models) for _, c in ordered]
     first = layers[0] if layers else None
     first_has_variables = first is not None and bool(first.variables or first.layers)
-    return KLayer(None, [], layers, is_model=True, first_layer_has_variables=first_has_variables)
+    # Keras 3 tracks a Sequential's graph as its `_functional`; a Functional holds
+    # `_operations` itself. Keras 2 graphs do not tell the two apart.
+    class_name = None
+    if flavour == "keras3":
+        class_name = "Sequential" if "_functional" in children else "Functional"
+    return KLayer(None, [], layers, is_model=True, class_name=class_name,
+                  first_layer_has_variables=first_has_variables)
 
 
 def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | None]:
