@@ -50,6 +50,8 @@ def _layers() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
         "GRU": (lambda: layers.GRU(2), (4, 3)),
         "Bidirectional": (lambda: layers.Bidirectional(layers.LSTM(2)), (4, 3)),
         "MultiHeadAttention": (lambda: layers.MultiHeadAttention(2, 3), (4, 6)),
+        "Attention": (lambda: layers.Attention(use_scale=True, score_mode="concat"), (4, 3)),
+        "AdditiveAttention": (lambda: layers.AdditiveAttention(use_scale=True), (4, 3)),
         "TimeDistributed": (lambda: layers.TimeDistributed(layers.Dense(2)), (4, 3)),
     }
 
@@ -77,6 +79,8 @@ def test_class_slots_match_what_keras3_writes(class_name: str, tmp_path: Path) -
     inputs = keras.Input(shape)
     if class_name == "MultiHeadAttention":
         model = keras.Model(inputs, layer(inputs, inputs))
+    elif class_name in ("Attention", "AdditiveAttention"):
+        model = keras.Model(inputs, layer([inputs, inputs]))
     else:
         model = keras.Model(inputs, layer(inputs))
     # every variable gets values no other variable has: its position + 1, everywhere

@@ -106,11 +106,11 @@ class OpenedKeras2H5(base.OpenedSource):
 
         def every_variable() -> list[TensorToWrite]:
             from ..layouts.ckptctl_tensors import TensorToWrite
+            from ..readers.keras_model import h5_every_weight
 
-            if model is None:
-                return []
+            variables = all_variables(model) if model is not None else h5_every_weight(self.path)
             return [TensorToWrite(v.source_key.lstrip("/"), v.dtype, v.shape, None, v.load)
-                    for v in all_variables(model)]
+                    for v in variables]
 
         return keras3_or_fallback(self.format, g, model, why_not, every_variable, options)
 

@@ -70,6 +70,8 @@ CLASS_SLOTS: dict[str, tuple[Slot, ...]] = {
     "Normalization": _own("mean", "variance", "count"),
     "Embedding": _own("embeddings"),
     "PReLU": _own("alpha"),
+    "Attention": _own("scale", "concat_score_weight"),
+    "AdditiveAttention": _own("scale"),
     "SimpleRNN": (Slot("cell/", "", _RNN),),
     "LSTM": (Slot("cell/", "", _RNN),),
     "GRU": (Slot("cell/", "", _RNN),),
@@ -87,10 +89,17 @@ _RENAMES: dict[str, dict[str, str]] = {
     "DepthwiseConv2D": {"depthwise_kernel": "kernel"},
     "Normalization": {"adapt_mean": "mean", "adapt_variance": "variance"},  # Keras 3 TF graphs
 }
-#: Keras application models, always Functional (their automatic names carry no class).
+#: The names ``tf_keras.applications`` give their models (all Functional), matched whole:
+#: their sub-blocks (``convnext_tiny_stem``, a Sequential) share the prefix.
 _APPLICATION_NAME = re.compile(
-    r"^(mobilenet|mobilenetv2|mobilenetv3|resnet|densenet|efficientnet|convnext|xception|vgg|"
-    r"inception|nasnet|regnet)", re.IGNORECASE)
+    r"^(mobilenet_\d\.\d\d_\d+|mobilenetv2_\d\.\d\d_\d+|mobilenetv3(small|large)|"
+    r"resnet(50|101|152)(v2)?|resnet-rs-\d+|densenet(121|169|201)|efficientnetb[0-7]|"
+    r"efficientnetv2-(b[0-3]|s|m|l)|convnext_(tiny|small|base|large|xlarge)|xception|"
+    r"vgg(16|19)|inception_v3|inception_resnet_v2|nasnet|regnet[xy]\d{3})$", re.IGNORECASE)
+#: Sub-blocks ``tf_keras.applications`` build as Sequential models (ConvNeXt's stem and
+#: downsampling blocks), matched whole.
+_APPLICATION_SEQUENTIAL = re.compile(
+    r"^convnext_(tiny|small|base|large|xlarge)_(stem|downsampling_block_\d+)$", re.IGNORECASE)
 _SNAKE: dict[str, str] = {}
 
 
@@ -249,6 +258,12 @@ def _class_by_signature(layer: KLayer, names: set[str], private_kernels: bool) -
         return "Embedding"
     if names == {"alpha"}:
         return "PReLU"
+    scale = next((v for v in layer.variables if v.name == "scale"), None)
+    if scale is not None and names <= {"scale", "concat_score_weight"}:
+        # Attention's scale is a scalar; AdditiveAttention's has the feature size
+        if len(scale.shape) == 0:
+            return "Attention"
+        return "AdditiveAttention" if names == {"scale"} else None
     if names in ({"mean", "variance", "count"}, {"adapt_mean", "adapt_variance", "count"}):
         return "Normalization"
     depthwise = next((v for v in layer.variables if v.name == "depthwise_kernel"), None)
@@ -288,10 +303,12 @@ def model_class(layer: KLayer) -> str:
     base = _name_base(layer.name)
     if base in _MODEL_CLASSES:
         return _MODEL_CLASSES[base]
-    if layer.name and _APPLICATION_NAME.match(layer.name):
-        return "Functional"
     if layer.first_layer_has_variables:
         return "Sequential"  # a Functional model's first layer is its weightless InputLayer
+    if layer.name and _APPLICATION_NAME.match(layer.name):
+        return "Functional"
+    if layer.name and _APPLICATION_SEQUENTIAL.match(layer.name):
+        return "Sequential"
     raise Unmappable(f"nested model {layer.name!r}: Sequential or Functional cannot be told "
                      "apart in this file; use --keras-model")
 

@@ -367,6 +367,24 @@ def _keras_model_from_h5(path: Path) -> KLayer:
     return KLayer(None, [], layers, is_model=True)
 
 
+def h5_every_weight(path: Path) -> list[KVariable]:
+    """Every weight of a Keras 2 HDF5 file in ``layer_names``/``weight_names`` order, read
+    without interpreting the structure: what the ``ckptctl-tensors`` fallback writes when no
+    layer tree can be built (a subclassed model's attributes, a config that lies)."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            root = f.get("model_weights", f)
+            return [_h5_variable(path, root[layer_name], weight_name).variable
+                    for layer_name in _chunked(root.attrs, "layer_names")
+                    for weight_name in _chunked(root[layer_name].attrs, "weight_names")]
+    except (Unmappable, CorruptCheckpointError):
+        raise
+    except H5_ERRORS as exc:
+        raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
+
+
 @dataclass
 class _H5Weight:
     name: str          # as stored: "bidirectional/forward_lstm/lstm_cell/kernel:0"
@@ -389,10 +407,11 @@ def _h5_layer(layer_name: str, weights: list[_H5Weight], config: _ConfigLayer | 
     """One entry of ``layer_names``: a layer (its weights named ``<layer>/…``) or a nested
     model (its weights named by its own layers)."""
     nested = config is not None and config.layers is not None
-    own = all(w.name.startswith(layer_name + "/") for w in weights)
+    # A layer's weights are named "<layer>/…"; some (Normalization's mean:0) have no scope.
+    own = all(w.name.startswith(layer_name + "/") or "/" not in w.name for w in weights)
     if not nested and own:
         for weight in weights:
-            parts = weight.name[len(layer_name) + 1:].split("/")
+            parts = weight.name[len(layer_name) + 1:].split("/") if "/" in weight.name else [weight.name]
             weight.variable.role = role_of(parts[:-1])
         return KLayer(layer_name, [w.variable for w in weights],
                       class_name=config.class_name if config else None)
@@ -402,6 +421,10 @@ def _h5_layer(layer_name: str, weights: list[_H5Weight], config: _ConfigLayer | 
         if claimed != len(weights):
             raise Unmappable(f"nested model {layer_name!r}: its weights do not match its config")
         return KLayer(layer_name, [], inner, is_model=True, class_name=config.class_name)
+    scoped = [w.name.split(f"/{layer_name}/", 1)[0] for w in weights if f"/{layer_name}/" in w.name]
+    if weights and len(scoped) == len(weights):
+        raise Unmappable(f"layer {layer_name!r}: its weights are named under {scoped[0]!r}/ "
+                         "(a subclassed model's attribute?); use --keras-model")
     return _h5_nested_by_names(layer_name, weights)
 
 
