@@ -48,6 +48,7 @@ def _layers() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
         "SimpleRNN": (lambda: layers.SimpleRNN(2), (4, 3)),
         "LSTM": (lambda: layers.LSTM(2), (4, 3)),
         "GRU": (lambda: layers.GRU(2), (4, 3)),
+        "RNN": (lambda: layers.RNN(layers.LSTMCell(2)), (4, 3)),
         "Bidirectional": (lambda: layers.Bidirectional(layers.LSTM(2)), (4, 3)),
         "MultiHeadAttention": (lambda: layers.MultiHeadAttention(2, 3), (4, 6)),
         "Attention": (lambda: layers.Attention(use_scale=True, score_mode="concat"), (4, 3)),

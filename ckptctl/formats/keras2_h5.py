@@ -36,6 +36,25 @@ def probe_h5_kind(probe: base.Probe) -> str | None:
     return kind
 
 
+#: a training_config copied into a sidecar stays small and shallow (sidecars are capped)
+_MAX_CONFIG_BYTES = 64 * 1024
+_MAX_CONFIG_DEPTH = 20
+
+
+def _plain_enough(value: object) -> bool:
+    import json
+
+    def depth(node: object, level: int) -> int:
+        if level > _MAX_CONFIG_DEPTH:
+            return level
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        return max((depth(c, level + 1) for c in children), default=level)
+
+    if depth(value, 0) > _MAX_CONFIG_DEPTH:
+        return False
+    return len(json.dumps(value, default=str)) <= _MAX_CONFIG_BYTES
+
+
 class Keras2H5(base.SourceFormat):
     ids = ("keras2-h5-model", "keras2-h5-weights")
     promised_suffixes: ClassVar[tuple[str, ...]] = H5_SUFFIXES
@@ -83,14 +102,19 @@ class OpenedKeras2H5(base.OpenedSource):
             g.offer("model.backend", info["backend"], src)
         training = info.get("training_config")
         if isinstance(training, dict):
-            g.offer("model.training_config", training, "checkpoint:training_config")
+            if _plain_enough(training):
+                g.offer("model.training_config", training, "checkpoint:training_config")
+            else:
+                g.notes.append("training_config too large or deeply nested; not copied")
             g.offer("contents.optimizer_state", self.format == "keras2-h5-model", src)
         config = info.get("model_config")
         if isinstance(config, dict):
             inner = config.get("config")
             name = inner.get("name") if isinstance(inner, dict) else None
-            g.offer("model.architecture", config.get("class_name"), "checkpoint:model_config")
-            g.offer("model.name", name, "checkpoint:model_config")
+            class_name = config.get("class_name")
+            g.offer("model.architecture", class_name if isinstance(class_name, str) else None,
+                    "checkpoint:model_config")
+            g.offer("model.name", name if isinstance(name, str) else None, "checkpoint:model_config")
         g.offer("contents.lr_scheduler_state", False, src)
         g.offer("contents.rng_state", False, src)
 

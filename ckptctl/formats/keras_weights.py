@@ -95,6 +95,11 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
                             notes=[f"Keras 3 layout not possible ({why_not}); wrote {TENSORS_LAYOUT} instead"])
 
 
+def _local_name(path: str) -> str:
+    """``dense/kernel:0`` -> ``kernel``; Keras 3 TF graphs spell some ``_kernel``."""
+    return path.rsplit("/", 1)[-1].split(":")[0].lstrip("_")
+
+
 def _one_short_line(text: str, limit: int = 160) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -115,6 +120,13 @@ def _assign_to_keras_model(spec: str, items: list[TensorToWrite], fmt: base.Form
             f"--keras-model {spec} has {len(targets)} variables, the checkpoint {len(items)}")
     values = []
     for target, item in zip(targets, items, strict=True):
+        # Same shapes can hide a different order (a layer's own weights vs a sub-layer's,
+        # non-trainable before trainable): the variable names must agree too.
+        wanted, got = _local_name(str(target.path)), _local_name(item.name)
+        if wanted != got and "variable" not in (wanted, got):
+            raise KerasModelMismatchError(
+                f"--keras-model {spec}: {target.path} is named {wanted!r}, the checkpoint's "
+                f"variable at that position {got!r} (first mismatch; the orders differ)")
         array = item.load()
         if tuple(target.shape) != tuple(array.shape):
             raise KerasModelMismatchError(

@@ -75,6 +75,7 @@ CLASS_SLOTS: dict[str, tuple[Slot, ...]] = {
     "SimpleRNN": (Slot("cell/", "", _RNN),),
     "LSTM": (Slot("cell/", "", _RNN),),
     "GRU": (Slot("cell/", "", _RNN),),
+    "RNN": (Slot("cell/", "", _RNN),),
     "Bidirectional": (Slot("forward_layer/cell/", "forward", _RNN),
                       Slot("backward_layer/cell/", "backward", _RNN)),
     "MultiHeadAttention": (Slot("query_dense/", "query", _DENSE), Slot("key_dense/", "key", _DENSE),
@@ -195,19 +196,29 @@ def infer_class(layer: KLayer, private_kernels: bool = False) -> str:
     store ``_kernel``; a plain ``kernel`` then marks a DepthwiseConv layer."""
     names = {v.name for v in layer.variables}
     roles = {v.role for v in layer.variables} - {""}
+    auto = _CLASS_BY_SNAKE.get(_name_base(layer.name))
     if layer.class_name:
         cls = layer.class_name.split(">")[-1]
         if cls in CLASS_SLOTS or cls in WRAPPERS:
             return cls
+        # a class the table does not know (a custom layer, a Dense subclass, a layer Keras 3
+        # dropped): its variables may look familiar, its Keras 3 layout is not certain
+        raise Unmappable(f"layer {layer.name!r}: class {cls} has no known Keras 3 layout; "
+                         "use --keras-model")
     if roles & {"forward", "backward"}:
         return "Bidirectional"
     if roles & {"query", "key", "value", "output"}:
+        if roles != {"query", "key", "value", "output"}:
+            raise Unmappable(f"layer {layer.name!r}: attention projections "
+                             f"{sorted(roles)} are not MultiHeadAttention's four")
         return "MultiHeadAttention"
     if "layer" in layer.evidence:
-        return "TimeDistributed"
+        if auto == "TimeDistributed":
+            return auto
+        raise Unmappable(f"layer {layer.name!r} wraps a layer but its name does not say it is "
+                         "TimeDistributed; use --keras-model")
     if "recurrent_kernel" in names or "cell" in layer.evidence:
-        return _rnn_class(layer, layer.variables)
-    auto = _CLASS_BY_SNAKE.get(_name_base(layer.name))
+        return _recurrent_class(layer, auto)
     by_signature = _class_by_signature(layer, names, private_kernels)
     if auto is not None and auto in WRAPPERS:
         return auto
@@ -224,12 +235,34 @@ def infer_class(layer: KLayer, private_kernels: bool = False) -> str:
                      "use --keras-model")
 
 
+def _recurrent_class(layer: KLayer, auto: str | None) -> str:
+    """LSTM/GRU/SimpleRNN from the gate count, when the name agrees: a generic
+    ``RNN(LSTMCell)`` has the same variables but Keras 3 keys it ``rnn``."""
+    by_gates = _rnn_class(layer, layer.variables)
+    if auto is not None:
+        if auto in ("RNN", by_gates):
+            return auto
+        raise Unmappable(f"layer {layer.name!r}: its name says {auto}, its gates say {by_gates}")
+    if snake_case(by_gates).replace("_", "") in (layer.name or "").lower().replace("_", ""):
+        return by_gates  # a user's name that still says lstm/gru/simplernn
+    raise Unmappable(f"layer {layer.name!r}: a {by_gates} or an RNN({by_gates}Cell) cannot be "
+                     "told apart by its variables; use --keras-model")
+
+
+#: the kernel rank each kernel-shaped class has (EinsumDense: any)
+_KERNEL_RANK = {"Dense": 2, "Conv1D": 3, "Conv1DTranspose": 3, "Conv2D": 4, "Conv2DTranspose": 4,
+                "Conv3D": 5, "Conv3DTranspose": 5, "DepthwiseConv1D": 3, "DepthwiseConv2D": 4}
+
+
 def _compatible(auto: str, signature: str) -> bool:
     # Keras' automatic name is the stronger signal among kernel-shaped classes that share a
-    # variable signature (conv2d_transpose vs conv2d; einsum_dense vs dense).
+    # variable signature (conv2d_transpose vs conv2d; einsum_dense vs dense), never across
+    # kernel ranks (a Conv2D named dense_1 is not a Dense).
     kernel_classes = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
                       "Conv2DTranspose", "Conv3DTranspose"}
-    return auto in kernel_classes and signature in kernel_classes
+    if auto not in kernel_classes or signature not in kernel_classes:
+        return False
+    return auto == "EinsumDense" or _KERNEL_RANK.get(auto) == _KERNEL_RANK.get(signature)
 
 
 def _class_by_signature(layer: KLayer, names: set[str], private_kernels: bool) -> str | None:
@@ -249,9 +282,9 @@ def _class_by_signature(layer: KLayer, names: set[str], private_kernels: bool) -
     if {"moving_mean", "moving_variance"} <= names <= {"gamma", "beta", "moving_mean", "moving_variance"}:
         return "BatchNormalization"  # gamma/beta are absent with scale/center=False
     if names == {"gamma", "beta"}:
-        if "group" in lowered:
-            return "GroupNormalization"
-        return "LayerNormalization" if re.search(r"layer_?norm|(^|_)ln(_|$)", lowered) else None
+        if re.search(r"layer_?norm|(^|_)ln(_|$)", lowered):
+            return "LayerNormalization"
+        return "GroupNormalization" if re.search(r"group_?norm|(^|_)gn(_|$)", lowered) else None
     if names == {"gamma"}:
         return "LayerScale" if re.search(r"layer_?scale", lowered) else None
     if names == {"embeddings"}:
@@ -316,6 +349,8 @@ def model_class(layer: KLayer) -> str:
 def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
                    private_kernels: bool) -> None:
     used: dict[str, int] = {}
+    unknown_weightless = False
+    leading_inputs = 0
     for position, layer in enumerate(container.layers):
         if layer.is_model or layer.layers:
             if layer.variables:
@@ -333,8 +368,15 @@ def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
             weightless_class = _weightless_class(layer)
             if weightless_class is not None:
                 _unique(snake_case(weightless_class), used)
+            elif layer.name is None and layer.class_name is None and position > leading_inputs:
+                unknown_weightless = True  # a TF graph says nothing of a weightless layer
+            if position == leading_inputs and layer.name is None and not layer.evidence:
+                leading_inputs += 1  # a Functional model's InputLayers come first
             continue
         class_name = infer_class(layer, private_kernels)
+        if unknown_weightless and class_name in _OFTEN_WEIGHTLESS:
+            raise Unmappable(f"layer {layer.name!r} ({class_name}): weightless layers before it "
+                             "may be of its class, so its Keras 3 key is not certain")
         key = _unique(snake_case(class_name), used)
         base = f"{prefix}layers/{key}/"
         if class_name in WRAPPERS:
@@ -347,6 +389,19 @@ def _map_container(container: KLayer, prefix: str, out: list[MappedVariable],
             _place(layer, class_name, base, out)
 
 
+#: classes with weighted instances whose instances can also be weightless: a weightless one
+#: still takes a key (Attention without use_scale, LayerNormalization without center/scale)
+_MAYBE_WEIGHTLESS = frozenset({"TimeDistributed", "Attention", "AdditiveAttention",
+                               "LayerNormalization", "GroupNormalization", "Normalization"})
+
+
+#: of those, the classes whose weightless instances are common (Attention() has no scale by
+#: default): a TF graph's unnamed weightless layer before a weighted one makes its key
+#: uncertain. (Weightless LayerNormalization/GroupNormalization, center=scale=False, are
+#: rare enough that every Dropout or Add before a LayerNormalization is not held against it.)
+_OFTEN_WEIGHTLESS = frozenset({"Attention", "AdditiveAttention"})
+
+
 def _weightless_class(layer: KLayer) -> str | None:
     """The class of a weightless layer when it is one whose weighted instances have keys."""
     if layer.class_name:
@@ -354,7 +409,8 @@ def _weightless_class(layer: KLayer) -> str | None:
         return bare if bare in CLASS_SLOTS or bare in WRAPPERS else None
     if "layer" in layer.evidence:
         return "TimeDistributed"
-    return _CLASS_BY_SNAKE.get(_name_base(layer.name))
+    auto = _CLASS_BY_SNAKE.get(_name_base(layer.name))
+    return auto if auto in _MAYBE_WEIGHTLESS else None  # a weightless "dense" is no Dense
 
 
 def _skip_weightless_model(layer: KLayer, later: list[KLayer], used: dict[str, int]) -> None:
@@ -368,9 +424,40 @@ def _skip_weightless_model(layer: KLayer, later: list[KLayer], used: dict[str, i
                              "are not certain") from None
 
 
+#: variables a class always has (the rest are optional: use_bias=False, center=False, …)
+_REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
+    **{c: (("", "kernel"),) for c in _KERNEL_RANK}, "EinsumDense": (("", "kernel"),),
+    "SeparableConv1D": (("", "depthwise_kernel"), ("", "pointwise_kernel")),
+    "SeparableConv2D": (("", "depthwise_kernel"), ("", "pointwise_kernel")),
+    "BatchNormalization": (("", "moving_mean"), ("", "moving_variance")),
+    **{c: (("", "kernel"), ("", "recurrent_kernel")) for c in ("SimpleRNN", "LSTM", "GRU", "RNN")},
+    "Bidirectional": (("forward", "kernel"), ("forward", "recurrent_kernel"),
+                      ("backward", "kernel"), ("backward", "recurrent_kernel")),
+    "MultiHeadAttention": tuple((r, "kernel") for r in ("query", "key", "value", "output")),
+    "Embedding": (("", "embeddings"),), "PReLU": (("", "alpha"),),
+    "Normalization": (("", "mean"), ("", "variance"), ("", "count")),
+}
+#: dtypes Keras 3 stores as numbers of the same name (ckptctl keeps bfloat16/float8 as raw
+#: bits, which Keras 3 would read as integers)
+_KERAS3_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                            "uint8", "uint16", "uint32", "uint64", "bool"})
+
+
 def _place(layer: KLayer, class_name: str, base: str, out: list[MappedVariable]) -> None:
     renames = _RENAMES.get(class_name, {})
     slots = CLASS_SLOTS[class_name]
+    present = {(v.role, renames.get(v.name, v.name)) for v in layer.variables}
+    missing = [f"{r + '/' if r else ''}{n}" for r, n in _REQUIRED.get(class_name, ()) if (r, n) not in present]
+    if missing:
+        raise Unmappable(f"layer {layer.name!r} ({class_name}) lacks " + ", ".join(missing))
+    kernel = next((v for v in layer.variables if v.name == "kernel" and not v.role), None)
+    if kernel is not None and class_name in _KERNEL_RANK and len(kernel.shape) != _KERNEL_RANK[class_name]:
+        raise Unmappable(f"layer {layer.name!r}: a {class_name} kernel cannot have shape "
+                         f"{list(kernel.shape)}")
+    odd = next((v for v in layer.variables if v.dtype not in _KERAS3_DTYPES), None)
+    if odd is not None:
+        raise Unmappable(f"layer {layer.name!r}: {odd.name} is {odd.dtype}, which Keras 3 "
+                         "weights files store differently")
     taken: set[int] = set()
     for slot in slots:
         by_name = {renames.get(v.name, v.name): (i, v) for i, v in enumerate(layer.variables)

@@ -44,19 +44,50 @@ def _children(graph: ObjectGraph, node_id: int) -> list[tuple[str, int]]:
     return [(c.local_name, c.node_id) for c in graph.nodes[node_id].children]
 
 
+def _looks_like_model(graph: ObjectGraph, node: int) -> str | None:
+    names = {name for name, _ in _children(graph, node)}
+    if any(_LAYER_CHILD.match(n) for n in names):
+        return "keras2"
+    if "_functional" in names or "_operations" in names:
+        return "keras3"
+    return None
+
+
+def _reachable_variables(graph: ObjectGraph, start: int, skip_root: bool) -> set[int]:
+    """Nodes holding variables reachable from ``start`` (never through an optimizer)."""
+    found: set[int] = set()
+    seen = {start}
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        if _variable_attr(graph, node) is not None:
+            found.add(node)
+        skipped = _SKIP_ROOT_CHILDREN if skip_root and node == start else ("optimizer",)
+        for name, child in _children(graph, node):
+            if child not in seen and not name.startswith(skipped):
+                seen.add(child)
+                stack.append(child)
+    return found
+
+
 def find_model_node(graph: ObjectGraph) -> tuple[int, str] | None:
     """(node id, "keras2"|"keras3") of the model in the graph: the root itself for Keras 2
     ``save_weights``, else the nearest node (breadth first, at most 3 levels down, never
-    through the optimizer) that looks like a Keras model."""
+    through the optimizer) that looks like a Keras model, provided it holds every variable
+    of the checkpoint apart from root scalars (epoch, step): a subclassed model holding a
+    Sequential, or a checkpoint with a second model (an EMA copy), has none."""
     queue = [(0, 0)]
     seen = {0}
     while queue:
         node, depth = queue.pop(0)
-        names = {name for name, _ in _children(graph, node)}
-        if any(_LAYER_CHILD.match(n) for n in names):
-            return node, "keras2"
-        if "_functional" in names or "_operations" in names:
-            return node, "keras3"
+        flavour = _looks_like_model(graph, node)
+        if flavour is not None:
+            if node == 0:
+                return node, flavour
+            root_scalars = {child for _, child in _children(graph, 0)
+                            if _variable_attr(graph, child) is not None}
+            everything = _reachable_variables(graph, 0, skip_root=True) - root_scalars
+            return (node, flavour) if everything <= _reachable_variables(graph, node, False) else None
         if depth >= 3:
             continue
         for name, child in _children(graph, node):
@@ -91,6 +122,17 @@ def _is_container_child(name: str) -> bool:
 
 #: nested models deeper than this are not real (and a cyclic graph must not recurse forever)
 _MAX_MODEL_DEPTH = 32
+#: nested models read per graph: shared sub-models (a DAG) must not expand exponentially
+_MAX_MODELS_PER_GRAPH = 10_000
+_models_read: dict[int, int] = {}
+
+
+def _spend_model_budget(graph: ObjectGraph) -> None:
+    count = _models_read.get(id(graph), 0) + 1
+    _models_read[id(graph)] = count
+    if count > _MAX_MODELS_PER_GRAPH:
+        raise Unmappable(f"the object graph nests more than {_MAX_MODELS_PER_GRAPH} models "
+                         "(shared sub-models expand without bound)")
 
 
 def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,
@@ -125,6 +167,8 @@ def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
                 if _has_variables(graph, child, 2):
                     raise Unmappable(f"layer node {name!r} nests sub-layers too deeply")
                 continue
+            if _looks_like_model(graph, child) is not None and _has_variables(graph, child, 8):
+                raise Unmappable(f"a layer wraps a model in {name!r}; use --keras-model")
             evidence.add(name.lstrip("_"))
             collect(child, [*parts, name], depth + 1)
 
@@ -154,8 +198,13 @@ def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
                      models: tuple[int, ...] = ()) -> KLayer:
     if node_id in models or len(models) >= _MAX_MODEL_DEPTH:
         raise Unmappable("the object graph nests models in a cycle or too deeply")
+    _spend_model_budget(graph)
     models = (*models, node_id)
     children = dict(_children(graph, node_id))
+    stray = next((n for n, c in children.items() if _LAYER_CHILD.match(n)
+                  and _variable_attr(graph, c) is not None), None)
+    if stray is not None:
+        raise Unmappable(f"the object graph holds a variable where layer {stray!r} should be")
     if flavour == "keras3" or "_functional" in children or "_operations" in children:
         ops_node = children.get("_operations")
         if ops_node is None and "_functional" in children:
@@ -188,7 +237,11 @@ def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | N
     if found is None:
         return None, "no Keras model in the object graph"
     node, flavour = found
-    model = _model_from_node(ckpt, graph, node, flavour)
+    _models_read[id(graph)] = 0
+    try:
+        model = _model_from_node(ckpt, graph, node, flavour)
+    finally:
+        _models_read.pop(id(graph), None)
     # Keras 3 full names are "<model name>/<layer name>/<variable>".
     for attr_node in range(len(graph.nodes)):
         attr = _variable_attr(graph, attr_node)
@@ -322,6 +375,14 @@ def _config_layers(config: Any, depth: int = 0) -> list[_ConfigLayer] | None:
     return result
 
 
+def _refuse_repeats(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise CorruptCheckpointError(f"{what} lists {name[:80]!r} more than once")
+        seen.add(name)
+
+
 def _chunked(attrs: Any, key: str) -> list[str]:
     """A Keras 2 HDF5 name list; lists over 64 KB are split into ``key0``, ``key1``, …"""
     if key in attrs:
@@ -351,6 +412,7 @@ def _keras_model_from_h5(path: Path) -> KLayer:
         layer_names = _chunked(root.attrs, "layer_names")
         if not layer_names:
             raise Unmappable("HDF5 file without layer_names")
+        _refuse_repeats(layer_names, "layer_names")
         config_layers: dict[str, _ConfigLayer] = {}
         if "model_config" in f.attrs:
             raw = f.attrs["model_config"]
@@ -362,7 +424,9 @@ def _keras_model_from_h5(path: Path) -> KLayer:
         layers = []
         for layer_name in layer_names:
             group = root[layer_name]
-            weights = [_h5_variable(path, group, name) for name in _chunked(group.attrs, "weight_names")]
+            weight_names = _chunked(group.attrs, "weight_names")
+            _refuse_repeats(weight_names, f"weight_names of {layer_name}")
+            weights = [_h5_variable(path, group, name) for name in weight_names]
             layers.append(_h5_layer(layer_name, weights, config_layers.get(layer_name)))
     return KLayer(None, [], layers, is_model=True)
 
@@ -459,6 +523,9 @@ def _h5_nested_by_names(layer_name: str, weights: list[_H5Weight]) -> KLayer:
             order.append(inner_name)
             grouped[inner_name] = []
         grouped[inner_name].append(weight)
+    if layer_name in grouped:
+        raise Unmappable(f"layer {layer_name!r}: a nested model with a layer of its own name "
+                         "cannot be read without its config")
     inner = [KLayer(name, [w.variable for w in grouped[name]]) for name in order]
     return KLayer(layer_name, [], inner, is_model=True)
 
