@@ -86,9 +86,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,24 +515,12 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {text}".strip()
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence TF/absl Python logging and the expected legacy-format warnings."""
-    import logging
+def _quiet() -> contextlib.AbstractContextManager[None]:
+    """Silence TF/absl Python logging and the expected legacy-format warnings (the same
+    helper the TF example tree uses)."""
+    from build_tf_tree import _quiet_tf  # examples/ is on sys.path wherever the zoo is built
 
-    import absl.logging
-
-    tf_logger = logging.getLogger("tensorflow")
-    saved_level, saved_absl = tf_logger.level, absl.logging.get_verbosity()
-    tf_logger.setLevel(logging.ERROR)
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        tf_logger.setLevel(saved_level)
-        absl.logging.set_verbosity(saved_absl)
+    return _quiet_tf(None)
 
 
 def digest(value: np.ndarray) -> str:
