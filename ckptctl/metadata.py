@@ -281,6 +281,9 @@ def gather_common(path: Path, stem: str, exp_root: Path, g: Gathered) -> None:
     """The format-independent sources, after the checkpoint's own: logger files (which need
     the epoch the checkpoint gave), Hydra, then file-name tokens (which defer to metrics
     already known under another spelling)."""
+    # Absolute, both: a relative --checkpoint under an absolute experiment folder must not
+    # mix the two (os.path.commonpath refuses).
+    path, exp_root = path.absolute(), exp_root.absolute()
     gather_from_logs(path, exp_root, g)
     gather_from_hydra(path, exp_root, g)
     gather_from_filename(path, stem, g)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -21,6 +22,30 @@ EXIT_FAILED = 1  # some checkpoint or sidecar failed; the others were still hand
 EXIT_USAGE = 2   # click's own code for bad options
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal, one line: control characters (a file name's newline or
+    ESC sequence) and undecodable bytes of a file name are shown escaped, ``ls``-style, so
+    a name can neither forge an output line nor drive the terminal."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    out = []
+    for char in value:
+        code = ord(char)
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif not char.isprintable() and char != " ":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 class Console:
     def __init__(self, verbose: bool = False) -> None:
         self.verbose = verbose
@@ -28,20 +53,20 @@ class Console:
     # --- stderr: what happened along the way ---------------------------------------------
 
     def message(self, text: str) -> None:
-        click.echo(text, err=True)
+        click.echo(printable(text), err=True)
 
     def error(self, path: object, reason: str) -> None:
-        click.echo(f"error: {path}: {reason}", err=True)
+        click.echo(f"error: {printable(path)}: {printable(reason)}", err=True)
 
     def warning(self, text: str) -> None:
-        click.echo(f"warning: {text}", err=True)
+        click.echo(f"warning: {printable(text)}", err=True)
 
     def warnings(self, texts: Sequence[str]) -> None:
         for text in texts:
             self.warning(text)
 
     def note(self, text: str) -> None:
-        click.echo(f"note: {text}", err=True)
+        click.echo(f"note: {printable(text)}", err=True)
 
     def detail(self, text: str) -> None:
         """Shown only with --verbose (e.g. the traceback of an internal error)."""
@@ -51,10 +76,12 @@ class Console:
     # --- stdout: the result ----------------------------------------------------------------
 
     def line(self, text: str) -> None:
-        click.echo(text)
+        click.echo(printable(text))
 
     def json(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str))
+        """Strict JSON: a NaN or infinite value (a diverged metric) is written as null."""
+        click.echo(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False,
+                              default=str))
 
     def csv(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         buffer = io.StringIO()
@@ -67,12 +94,14 @@ class Console:
         from rich import box
         from rich.console import Console as RichConsole
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
+            # Text, never markup: a Hydra sweep folder "act=[relu,gelu]" prints as itself
+            table.add_row(*[Text("" if v is None else printable(v)) for v in row])
         if sys.stdout.isatty():
             RichConsole(highlight=False).print(table)
             return
@@ -94,6 +123,16 @@ class Console:
     def fail(self, text: str) -> NoReturn:
         """A command-level failure (not about one file): ``error: text``, exit 1."""
         raise click.ClickException(text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def human_size(size: int) -> str:

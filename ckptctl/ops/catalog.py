@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from ..errors import CkptError, UsageError
 from ..migrations import SCHEMA_VERSION
 from ..walk import find_sidecars  # light: a warm catalog never imports numpy or pydantic
 
-CACHE_VERSION = 2  # 2: cached documents are at the current sidecar schema (migrated)
+CACHE_VERSION = 3  # 3: cached documents are migrated, plain JSON, metrics as numbers
 _LOWER_IS_BETTER = re.compile(r"loss|error|err", re.IGNORECASE)
 
 
@@ -113,15 +114,32 @@ def _load(sidecars: list[Path], cache_file: Path | None,
 
             try:
                 doc = read_sidecar_doc(path)  # an older schema is upgraded, a newer one refused
-                parse_sidecar(path, doc)  # schema check before a document is trusted
+                parsed = parse_sidecar(path, doc)  # schema check before a document is trusted
             except CkptError as exc:
                 warnings.append(f"{path}: skipped, {exc.message}")
                 continue
+            # What the schema accepted, as the schema reads it: metrics as numbers ('0.5'
+            # is 0.5), YAML dates as text, so sorting, JSON and the cache all see plain data.
+            doc = _plain(doc)
+            doc["metrics"] = dict(parsed.metrics)
         fresh[key] = [stamp, doc]
         entries.append(Entry(path, doc))
     if cache_file is not None and fresh != cache:
         _write_cache(cache_file, fresh)
     return entries, warnings
+
+
+def _plain(value: Any) -> Any:
+    """YAML's extra scalar types (dates, bytes) as JSON-compatible text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def _cache_file(cache_dir: Path, roots: list[Path]) -> Path:
@@ -176,7 +194,9 @@ def catalog(paths: Iterable[Path], best: str | None = None, mode: str | None = N
         if sort:
             entries = sort_entries(entries, sort)
         return CatalogResult(entries, warnings=warnings)
-    with_metric = [e for e in entries if isinstance(e.metrics.get(best), int | float)]
+    # a NaN or infinite value (a diverged run) ranks nowhere: it is left out like a missing one
+    with_metric = [e for e in entries if isinstance(e.metrics.get(best), int | float)
+                   and math.isfinite(e.metrics[best])]
     if not with_metric:
         raise UnknownMetricError(best, all_metric_names(entries))
     chosen_mode = resolve_mode(best, with_metric, mode)

@@ -30,6 +30,7 @@ from ..errors import (
     NewerSidecarError,
     OutputConflictError,
     SourceChangedError,
+    UnsupportedCheckpointError,
     describe_error,
     kind_of,
 )
@@ -212,7 +213,8 @@ def _convert_locked(target: Target, options: ConvertOptions, outputs: Checkpoint
     source = target.found.path
     try:
         if not options.force and outputs.sidecar.exists():
-            state = _freshness(outputs.sidecar, source, options.metadata_only, not options.dry_run)
+            state = _freshness(outputs.sidecar, target.found, options.metadata_only,
+                               not options.dry_run)
             if state == "fresh":
                 return ItemResult(source, "skipped", "up to date", None, [], outputs.weights,
                                   outputs.sidecar)
@@ -258,7 +260,7 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.strerror or first_line}{where}"
 
 
-def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
+def _freshness(sidecar_path: Path, found: FoundCheckpoint, metadata_only: bool,
                refresh: bool) -> Literal["fresh", "touched", "stale"]:
     """fresh: outputs match the source; touched: only the source's mtime moved (a copy
     without -p, a ``touch``) and its sha256 still matches, so the sidecar's mtime is
@@ -270,9 +272,10 @@ def _freshness(sidecar_path: Path, source: Path, metadata_only: bool,
         raise
     except CkptError:
         return "stale"
+    source = found.path
     fmt = sidecar.source.format
-    if not is_known_format(fmt):
-        return "stale"
+    if not is_known_format(fmt) or fmt != found.format:
+        return "stale"  # a sidecar about another format (edited, or another file's) is redone
     if sidecar.weights_path is None and not metadata_only and format_for(fmt).writes_weights:
         return "stale"
     if sidecar.weights_path is not None and not (sidecar_path.parent / sidecar.weights_path).exists():
@@ -320,6 +323,13 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
     fmt = target.found.format
     if fmt is None:  # discovery gives unknown files a problem; never reached for real files
         raise CkptError("not a checkpoint (unrecognised content)")
+    for path in (source, outputs.sidecar):
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnsupportedCheckpointError(
+                "the path is not valid UTF-8 and a sidecar (UTF-8 text) cannot name it; rename "
+                "the file or folder") from None
     before = fingerprint(source, fmt)
     opened, gathered, plan = plan_conversion(source, fmt, target.exp_root, options)
     weights_tmp = temp_path_for(outputs.weights)
@@ -338,6 +348,7 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
                                    source_sha256)
             sidecar = _build_sidecar(target, opened.format, opened.files, gathered, before,
                                      source_sha256, outputs.sidecar, weights)
+            sidecar_bytes = sidecar_yaml(sidecar)  # before any rename: a failure leaves nothing
             if plan.write is not None:
                 _refuse_foreign_file(outputs.weights)
                 # Retire the old sidecar first: it vouches for the old weights, and a kill
@@ -347,7 +358,7 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
                     fsync_dir(outputs.sidecar.parent)
                 os.replace(weights_tmp, outputs.weights)
                 fsync_dir(outputs.weights.parent)
-            write_atomic(outputs.sidecar, sidecar_yaml(sidecar))  # last: it vouches for the weights
+            write_atomic(outputs.sidecar, sidecar_bytes)  # last: it vouches for the weights
         finally:
             weights_tmp.unlink(missing_ok=True)
     written = outputs.weights if plan.write is not None else None

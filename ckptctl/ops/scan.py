@@ -84,7 +84,12 @@ def scan_one(item: FoundCheckpoint, layout: OutputLayout) -> ScanRow:
             row.status, row.reason, row.kind = "unreadable", describe_error(exc, item.path), exc.kind
             return row
     sidecar_path = layout.outputs(item.path).sidecar
-    if sidecar_path.exists():
+    try:
+        has_sidecar = sidecar_path.exists()
+    except OSError as exc:  # e.g. a name too long once the output suffix is added
+        row.reason, row.kind = f"its outputs cannot be named ({exc.strerror})", "os"
+        return row
+    if has_sidecar:
         row.sidecar = str(sidecar_path)
         try:
             stale = source_is_stale(parse_sidecar(sidecar_path), item.path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..discovery import discover
 from ..errors import CkptError, ErrorKind
+from ..formats import classify_target
 from ..outputs import OutputLayout
 from ..sidecars import parse_sidecar, sha256_file, source_is_stale
 from ..sources import fingerprint, sha256_of
@@ -64,9 +65,17 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
             if item.problem is not None:
                 report.problems.append(Problem(str(item.path), f"unreadable: {item.problem}",
                                                item.problem_kind))
-            elif not sidecar_path.exists():
-                report.problems.append(Problem(str(item.path), "no sidecar (run ckptctl convert)",
-                                               "not-converted"))
+            else:
+                try:
+                    missing = not sidecar_path.exists()
+                except OSError as exc:  # a name too long once the output suffix is added
+                    report.problems.append(Problem(str(item.path), "its outputs cannot be named "
+                                                   f"({exc.strerror})", "os"))
+                    continue
+                if missing:
+                    report.problems.append(Problem(str(item.path),
+                                                   "no sidecar (run ckptctl convert)",
+                                                   "not-converted"))
     return report
 
 
@@ -82,6 +91,10 @@ def check_sidecar(sidecar_path: Path, deep: bool, strict: bool = False) -> list[
     folder = sidecar_path.parent
     source = folder / sidecar.checkpoint_path
     fmt = sidecar.source.format
+    found = classify_target(source)
+    if found is not None and found.format is not None and found.format != fmt:
+        return [("stale", f"source.format says {fmt}, but {sidecar.checkpoint_path} is "
+                 f"{found.format} (stale: run ckptctl convert)")]
     try:
         now = fingerprint(source, fmt)
     except OSError:
