@@ -21,10 +21,12 @@ def run_cli(*args: str) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], prog_name="ckptctl", catch_exceptions=False)
 
 
-def run_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ckptctl ...`` as a real process (for imports, signals, exit codes)."""
-    return subprocess.run([sys.executable, "-m", "ckptctl", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def run_process(*args: str, cwd: Path | None = None,
+                command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ckptctl ...`` (or ``command``) as a real process (for imports, signals,
+    exit codes)."""
+    return subprocess.run([*(command or [sys.executable, "-m", "ckptctl"]), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def outputs_for(source: Path) -> tuple[Path, Path]:

@@ -53,6 +53,15 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
         targets_for_outputs_dir,
     )
 
+    if keras_model is not None:
+        # Checked once, before any checkpoint: a bad spec is a usage error, not N failures.
+        from ..errors import UsageError
+        from ..formats.keras_weights import resolve_keras_builder
+
+        try:
+            resolve_keras_builder(keras_model)
+        except UsageError as exc:
+            raise click.BadParameter(exc.message, param_hint="'--keras-model'") from None
     recursive = not no_recursive
     if checkpoint is not None and not (
         checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".index").exists()

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import __version__
 from ..errors import KerasModelMismatchError, UnsupportedCheckpointError, UsageError
@@ -151,18 +152,35 @@ def _assign_to_keras_model(spec: str, items: list[TensorToWrite], fmt: base.Form
                                sum(int(np.prod(i.shape)) for i in items), dict(sorted(dtypes.items())))
 
 
+_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def resolve_keras_builder(spec: str) -> Callable[[], Any]:
+    """The function ``module:function`` names, importing its module.
+
+    The current folder is searched *last* (after every installed package), so a ``keras.py``
+    or ``numpy.py`` lying in a downloaded checkpoint tree never shadows the real package when
+    the user's module imports it. Raises ``UsageError`` for a malformed or missing spec."""
+    if not _SPEC.match(spec):
+        raise UsageError(f"--keras-model must be module:function (e.g. mypkg.models:build), "
+                         f"got {spec!r}")
+    module_name, _, function_name = spec.partition(":")
+    cwd = os.getcwd()
+    # `python -m ckptctl` puts the current folder first: move it (and "") to the end.
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)] + [cwd]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--keras-model {spec}: cannot import {module_name} ({exc})") from None
+    builder = getattr(module, function_name, None)
+    if not callable(builder):
+        raise UsageError(f"--keras-model {spec}: {module_name} has no function {function_name}")
+    return cast(Callable[[], Any], builder)
+
+
 def build_keras_model(spec: str) -> Any:
     """The Keras 3 model that ``module:function`` builds."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise UsageError(f"--keras-model must be module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: the user's own modules are found
-    try:
-        builder = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--keras-model {spec}: {exc}") from exc
-    return builder()
+    return resolve_keras_builder(spec)()
 
 
 def verify_with_keras_model(spec: str, weights: Path) -> None:
