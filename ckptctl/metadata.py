@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from .filename_tokens import parse_filename
+from .safeio import open_regular
 from .yamlio import load_yaml_file
 
 #: Every sidecar field a gatherer may offer (``group.field``); metrics use ``offer_metric``.
@@ -160,7 +161,7 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
         source = f"metrics.csv:{os.path.relpath(metrics_csv, exp_root)}"
         merged: dict[str, float] = {}
         try:
-            with open(metrics_csv, newline="", encoding="utf-8") as handle:
+            with open_regular(metrics_csv, "r", newline="", encoding="utf-8") as handle:
                 for row in csv.DictReader(handle):
                     if _to_int(row.get("epoch")) != epoch:
                         continue

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from .safeio import open_regular
+
 # libyaml's C safe loader is ~10x faster than PyYAML's; both build plain data only
 # (dicts, lists, str, numbers): never Python objects, never code.
 SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -22,7 +24,7 @@ MAX_YAML_BYTES = 4 * 1024 * 1024
 
 def load_yaml_file(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
     """Parse a YAML file with the safe loader, refusing oversized documents and alias bombs."""
-    with open(path, "rb") as handle:
+    with open_regular(path, "rb") as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"YAML file larger than {max_bytes} bytes")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Final, Literal, get_args
 
 from ..errors import ErrorKind
+from ..safeio import open_regular
 
 if TYPE_CHECKING:
     from ..metadata import Gathered
@@ -82,7 +83,7 @@ class Probe:
         """The first bytes (fewer for a short file); raises the OSError of opening it."""
         if self._head is None and self._error is None:
             try:
-                with open(self.path, "rb") as handle:
+                with open_regular(self.path, "rb") as handle:
                     self._head = handle.read(_HEAD_BYTES)
             except OSError as exc:
                 self._error = exc

@@ -26,6 +26,7 @@ import google_crc32c
 import numpy as np
 
 from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
+from ..safeio import open_regular
 from .protowire import WireFormatError, iter_fields, read_varint
 from .tensor import STORAGE_NUMPY
 
@@ -584,7 +585,7 @@ class TFIndexCheckpoint:
                 raise UnsupportedCheckpointError(
                     f"index of {size} bytes exceeds the {MAX_INDEX_BYTES}-byte limit",
                     self.index_path)
-            with open(self.index_path, "rb") as f:
+            with open_regular(self.index_path, "rb") as f:
                 return f.read(MAX_INDEX_BYTES + 1)
         except OSError as exc:
             raise ReadError(f"cannot read the index ({exc.strerror})", self.index_path) from None
@@ -627,7 +628,7 @@ class TFIndexCheckpoint:
         """Read the entry's bytes into ``into``, or (if None) as one new bytes object."""
         path = self.shard_paths[entry.shard_id]
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "rb") as f:
                 f.seek(entry.offset)
                 if into is None:
                     data = f.read(entry.size)
@@ -827,7 +828,7 @@ def is_tf_index(path: str | os.PathLike[str]) -> bool:
     if not path.name.endswith(".index") or not path.is_file():  # FIFOs would block open()
         return False
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             if size < FOOTER_SIZE:
                 return False
@@ -894,7 +895,7 @@ def read_state_file(folder: str | os.PathLike[str]) -> CheckpointState | None:
     if not path.is_file():
         return None
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "rb") as f:
             text = f.read(_MAX_STATE_BYTES).decode("utf-8", "replace")
     except OSError:
         return None

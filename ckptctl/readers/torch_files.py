@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
+from ..safeio import open_regular
 from .tensor import StorageRef
 from .unpickler import restricted_load, storage_ref_from_pid
 
@@ -95,7 +96,7 @@ class TorchFile:
 def open_torch(path: Path, head: bytes | None = None) -> TorchFile:
     """Read a torch checkpoint's structure (no tensor bytes) with the restricted unpickler."""
     if head is None:
-        with open(path, "rb") as handle:
+        with open_regular(path, "rb") as handle:
             head = handle.read(32)
     kind = sniff_torch(head)
     try:
@@ -126,7 +127,7 @@ def _read_zip(path: Path) -> TorchFile:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:
         raise CorruptCheckpointError(f"not a complete zip archive, truncated? ({exc})") from exc
-    with archive, open(path, "rb") as raw:
+    with archive, open_regular(path, "rb") as raw:
         try:
             infos = archive.infolist()
         except Exception as exc:
