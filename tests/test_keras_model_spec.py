@@ -52,3 +52,22 @@ def test_a_bad_spec_is_one_usage_error(tmp_path: Path, spec: str, says: str) -> 
     assert done.returncode == 2
     assert done.stderr.count(says) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_during_a_lazy_import_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Stops: Ctrl-C while --keras-model imports TensorFlow printing a traceback (or 'Aborted!' with exit 1). Found: hostile review, round 2."""
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "w.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ckptctl", "convert", "--outputs-dir", str(tmp_path),
+         "--keras-model", "examples.keras_models:build_sequential"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # inside the TensorFlow import that --keras-model triggers
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.rstrip().splitlines()[-1].startswith("interrupted: ")

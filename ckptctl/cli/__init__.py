@@ -7,6 +7,7 @@ and the light commands never pay for (or import) numpy-heavy code, torch or tens
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import click
@@ -53,5 +54,18 @@ def cli() -> None:
     """
 
 
+#: exit code for Ctrl-C (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="ckptctl")
+    try:
+        return cli.main(args=argv, prog_name="ckptctl", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        # also during a lazy import, before click could turn it into "Aborted!"
+        click.echo("interrupted: outputs already converted are complete; no partial outputs "
+                   "were left", err=True)
+        sys.exit(EXIT_INTERRUPTED)
