@@ -25,6 +25,12 @@ sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and the processes it starts) uses its own catalog cache, never ~/.cache."""
+    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _builder() -> Any:
     """examples/build_example_tree.py, imported on first use: it imports torch and Lightning,
     which the fast unit tests never need."""

@@ -15,11 +15,6 @@ from helpers import leftover_temporaries, outputs_exist, outputs_for, run_cli
 from ckptctl.cli import COMMANDS, cli
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def make_small_tree(root: Path) -> Path:
     exp = root / "exp1" / "checkpoints"
     exp.mkdir(parents=True)

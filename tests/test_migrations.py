@@ -65,10 +65,6 @@ def with_test_migration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(migrations, "MIGRATIONS", {"0.9": (SCHEMA_VERSION, upgrade_0_9)})
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
 
 def checkpoint_with_sidecar(folder: Path, template: str) -> tuple[Path, Path]:
     """A real torch checkpoint and a sidecar written from ``template`` that describes it."""

@@ -11,11 +11,6 @@ import torch
 from helpers import run_cli, run_process
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_hydra_sweep_folders_print_as_themselves(tmp_path: Path) -> None:
     """Stops: rich markup in a folder name ("act=[relu,gelu]") vanishing or crashing the table. Found: hostile review, round 2."""
     folder = tmp_path / "act=[relu,gelu]" / "[bold]x[/bold]"

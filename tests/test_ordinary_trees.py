@@ -12,11 +12,6 @@ import torch
 from helpers import run_cli, sidecar_of
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def lightning_run(root: Path) -> Path:
     (root / "run" / "checkpoints").mkdir(parents=True)
     (root / "run" / "csv").mkdir()

@@ -13,11 +13,6 @@ from helpers import run_cli
 from ckptctl.outputs import OutputLayout, stem_of
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_scan_and_validate_find_what_convert_wrote_elsewhere(
         fresh_tree: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     source, _ = fresh_tree

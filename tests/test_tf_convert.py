@@ -31,10 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
-
 
 @pytest.fixture(scope="module")
 def converted_tf(tmp_path_factory: pytest.TempPathFactory, tf_tree: tuple[Path, dict]) -> tuple[Path, dict]:
