@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .formats import source_files
+from .safeio import open_regular
 
 _CHUNK = 8 << 20
 
@@ -32,7 +33,7 @@ def sha256_files(paths: list[Path]) -> str:
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
     for path in paths:
-        with open(path, "rb", buffering=0) as handle:
+        with open_regular(path, "rb") as handle:
             while True:
                 count = handle.readinto(buffer)
                 if not count:

@@ -8,6 +8,7 @@ of each given folder.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,13 +50,20 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
     paths = list(paths)
     report = ValidateReport()
     sidecar_roots = paths
+    mirrors: list[tuple[Path, Path]] = []  # (where the sidecars are, the sources they mirror)
     if output_dir is not None:
-        sidecar_roots = [OutputLayout.for_path(p, output_dir).folder_for(p if p.is_dir() else p.parent)
-                         for p in paths]
-        sidecar_roots = [p for p in sidecar_roots if p.exists()]
+        for given in paths:
+            source_folder = given if given.is_dir() else given.parent
+            mirrored = OutputLayout.for_path(given, output_dir).folder_for(source_folder)
+            if mirrored.exists():
+                mirrors.append((mirrored, source_folder))
+        sidecar_roots = [mirrored for mirrored, _ in mirrors]
     for sidecar_path in find_sidecars(sidecar_roots, recursive, report.warnings):
         report.sidecars_checked += 1
-        for kind, problem in check_sidecar(sidecar_path, deep, strict):
+        mirrored_source = next((src / sidecar_path.parent.relative_to(mirror)
+                                for mirror, src in mirrors if _within(sidecar_path.parent, mirror)),
+                               None)
+        for kind, problem in check_sidecar(sidecar_path, deep, strict, mirrored_source):
             report.problems.append(Problem(str(sidecar_path), problem, kind))
     if strict:
         found = discover(paths, recursive)
@@ -79,16 +87,49 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
     return report
 
 
-def check_sidecar(sidecar_path: Path, deep: bool, strict: bool = False) -> list[tuple[ErrorKind, str]]:
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _outside(folder: Path, relative: str, allowed: list[Path]) -> str | None:
+    """Why a path a sidecar names is not followed (None when it may be): sidecar paths are
+    data, so ``../../etc/passwd``, ``/dev/zero`` or a NUL byte is reported, never read."""
+    if "\0" in relative or not relative:
+        return "is not a path"
+    if os.path.isabs(relative):
+        return "is absolute"
+    target = Path(os.path.normpath(folder / relative))
+    if not any(_within(target, Path(os.path.normpath(root))) for root in allowed):
+        return "leads outside the sidecar's folder"
+    return None
+
+
+def check_sidecar(sidecar_path: Path, deep: bool, strict: bool = False,
+                  source_folder: Path | None = None) -> list[tuple[ErrorKind, str]]:
     """Problems of one sidecar, with their kinds. A changed size is always a problem; a
     source that was only touched (same size, new mtime) is "stale", a problem under
-    ``strict`` (and re-hashed under ``deep``)."""
+    ``strict`` (and re-hashed under ``deep``). The paths it names are followed only inside
+    its folder (and, for the checkpoint, ``source_folder``: the ``--output-dir`` mirror's
+    source)."""
     try:
         sidecar = parse_sidecar(sidecar_path)
     except CkptError as exc:
         return [(exc.kind, exc.message)]
     problems: list[tuple[ErrorKind, str]] = []
     folder = sidecar_path.parent
+    checkpoint_roots = [folder] if source_folder is None else [folder, source_folder]
+    named = [("checkpoint_path", sidecar.checkpoint_path, checkpoint_roots)]
+    named += [("source.files", f, checkpoint_roots) for f in sidecar.source.files or []]
+    if sidecar.weights_path is not None:
+        named.append(("weights_path", sidecar.weights_path, [folder]))
+    for field_name, relative, roots in named:
+        why = _outside(folder, relative, roots)
+        if why is not None:
+            return [("sidecar", f"{field_name} {relative!r} {why}; not followed")]
     source = folder / sidecar.checkpoint_path
     fmt = sidecar.source.format
     found = classify_target(source)
