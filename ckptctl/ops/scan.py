@@ -43,19 +43,12 @@ class ScanReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
 
 def layout_for(item: Path, given: list[Path], output_dir: Path | None) -> OutputLayout:
     """The output layout ``convert`` used for ``item`` found below one of ``given``."""
     if output_dir is None:
         return OutputLayout()
-    root = next((p for p in given if p.is_dir() and _is_within(item, p)), item.parent)
+    root = next((p for p in given if p.is_dir() and item.is_relative_to(p)), item.parent)
     return OutputLayout(root, output_dir)
 
 

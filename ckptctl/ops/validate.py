@@ -61,7 +61,7 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
     for sidecar_path in find_sidecars(sidecar_roots, recursive, report.warnings):
         report.sidecars_checked += 1
         mirrored_source = next((src / sidecar_path.parent.relative_to(mirror)
-                                for mirror, src in mirrors if _within(sidecar_path.parent, mirror)),
+                                for mirror, src in mirrors if sidecar_path.parent.is_relative_to(mirror)),
                                None)
         for kind, problem in check_sidecar(sidecar_path, deep, strict, mirrored_source):
             report.problems.append(Problem(str(sidecar_path), problem, kind))
@@ -87,13 +87,6 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
     return report
 
 
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
 
 def _outside(folder: Path, relative: str, allowed: list[Path]) -> str | None:
     """Why a path a sidecar names is not followed (None when it may be): sidecar paths are
@@ -103,7 +96,7 @@ def _outside(folder: Path, relative: str, allowed: list[Path]) -> str | None:
     if os.path.isabs(relative):
         return "is absolute"
     target = Path(os.path.normpath(folder / relative))
-    if not any(_within(target, Path(os.path.normpath(root))) for root in allowed):
+    if not any(target.is_relative_to(Path(os.path.normpath(root))) for root in allowed):
         return "leads outside the sidecar's folder"
     return None
 

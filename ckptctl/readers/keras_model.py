@@ -53,20 +53,22 @@ def _looks_like_model(graph: ObjectGraph, node: int) -> str | None:
     return None
 
 
-def _reachable_variables(graph: ObjectGraph, start: int, skip_root: bool) -> set[int]:
-    """Nodes holding variables reachable from ``start`` (never through an optimizer)."""
-    found: set[int] = set()
+def _variable_nodes(graph: ObjectGraph, start: int) -> list[int]:
+    """Nodes holding variables reachable from ``start``, depth first in the graph's child
+    order (the order the model tracked them), never through an optimizer nor, from the
+    checkpoint root, through its bookkeeping children (``save_counter``, …)."""
+    found: list[int] = []
     seen = {start}
     stack = [start]
     while stack:
         node = stack.pop()
         if _variable_attr(graph, node) is not None:
-            found.add(node)
-        skipped = _SKIP_ROOT_CHILDREN if skip_root and node == start else ("optimizer",)
-        for name, child in _children(graph, node):
-            if child not in seen and not name.startswith(skipped):
-                seen.add(child)
-                stack.append(child)
+            found.append(node)
+        skipped = _SKIP_ROOT_CHILDREN if node == 0 else ("optimizer",)
+        fresh = [child for name, child in _children(graph, node)
+                 if child not in seen and not name.startswith(skipped)]
+        seen.update(fresh)
+        stack.extend(reversed(fresh))
     return found
 
 
@@ -86,8 +88,8 @@ def find_model_node(graph: ObjectGraph) -> tuple[int, str] | None:
                 return node, flavour
             root_scalars = {child for _, child in _children(graph, 0)
                             if _variable_attr(graph, child) is not None}
-            everything = _reachable_variables(graph, 0, skip_root=True) - root_scalars
-            return (node, flavour) if everything <= _reachable_variables(graph, node, False) else None
+            everything = set(_variable_nodes(graph, 0)) - root_scalars
+            return (node, flavour) if everything <= set(_variable_nodes(graph, node)) else None
         if depth >= 3:
             continue
         for name, child in _children(graph, node):
@@ -124,23 +126,27 @@ def _is_container_child(name: str) -> bool:
 _MAX_MODEL_DEPTH = 32
 #: nested models read per graph: shared sub-models (a DAG) must not expand exponentially
 _MAX_MODELS_PER_GRAPH = 10_000
-_models_read: dict[int, int] = {}
 
 
-def _spend_model_budget(graph: ObjectGraph) -> None:
-    count = _models_read.get(id(graph), 0) + 1
-    _models_read[id(graph)] = count
-    if count > _MAX_MODELS_PER_GRAPH:
-        raise Unmappable(f"the object graph nests more than {_MAX_MODELS_PER_GRAPH} models "
-                         "(shared sub-models expand without bound)")
+@dataclass
+class _ModelBudget:
+    """Nested models read so far in one graph."""
+
+    read: int = 0
+
+    def spend(self) -> None:
+        self.read += 1
+        if self.read > _MAX_MODELS_PER_GRAPH:
+            raise Unmappable(f"the object graph nests more than {_MAX_MODELS_PER_GRAPH} models "
+                             "(shared sub-models expand without bound)")
 
 
 def _layer_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,
-                     models: tuple[int, ...] = ()) -> KLayer:
+                     models: tuple[int, ...], budget: _ModelBudget) -> KLayer:
     children = _children(graph, node_id)
     names = {name for name, _ in children}
     if any(_LAYER_CHILD.match(n) for n in names) or "_functional" in names or "_operations" in names:
-        return _model_from_node(ckpt, graph, node_id, flavour, models)
+        return _model_from_node(ckpt, graph, node_id, flavour, models, budget)
     variables: list[KVariable] = []
     evidence: set[str] = {"keras3"} if flavour == "keras3" else set()
     full_names: list[tuple[str, int]] = []
@@ -195,10 +201,10 @@ def _has_variables(graph: ObjectGraph, node_id: int, depth: int) -> bool:
 
 
 def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,
-                     models: tuple[int, ...] = ()) -> KLayer:
+                     models: tuple[int, ...], budget: _ModelBudget) -> KLayer:
     if node_id in models or len(models) >= _MAX_MODEL_DEPTH:
         raise Unmappable("the object graph nests models in a cycle or too deeply")
-    _spend_model_budget(graph)
+    budget.spend()
     models = (*models, node_id)
     children = dict(_children(graph, node_id))
     stray = next((n for n, c in children.items() if _LAYER_CHILD.match(n)
@@ -212,11 +218,11 @@ def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, 
         if ops_node is None:
             raise Unmappable("Keras 3 model without _operations")
         ordered = sorted(((int(n), c) for n, c in _children(graph, ops_node) if _OPERATION_CHILD.match(n)))
-        layers = [_layer_from_node(ckpt, graph, c, "keras3", models) for _, c in ordered]
+        layers = [_layer_from_node(ckpt, graph, c, "keras3", models, budget) for _, c in ordered]
     else:
         ordered = sorted((int(m.group(1)), c) for n, c in _children(graph, node_id)
                          if (m := _LAYER_CHILD.match(n)))
-        layers = [_layer_from_node(ckpt, graph, c, "keras2", models) for _, c in ordered]
+        layers = [_layer_from_node(ckpt, graph, c, "keras2", models, budget) for _, c in ordered]
     first = layers[0] if layers else None
     first_has_variables = first is not None and bool(first.variables or first.layers)
     # Keras 3 tracks a Sequential's graph as its `_functional`; a Functional holds
@@ -237,11 +243,7 @@ def keras_model_from_tf(ckpt: TFIndexCheckpoint) -> tuple[KLayer | None, str | N
     if found is None:
         return None, "no Keras model in the object graph"
     node, flavour = found
-    _models_read[id(graph)] = 0
-    try:
-        model = _model_from_node(ckpt, graph, node, flavour)
-    finally:
-        _models_read.pop(id(graph), None)
+    model = _model_from_node(ckpt, graph, node, flavour, (), _ModelBudget())
     # Keras 3 full names are "<model name>/<layer name>/<variable>".
     for attr_node in range(len(graph.nodes)):
         attr = _variable_attr(graph, attr_node)
@@ -261,19 +263,10 @@ def model_variable_keys(ckpt: TFIndexCheckpoint) -> list[tuple[str, str]] | None
         return None
     found = find_model_node(graph)
     start = found[0] if found is not None else 0  # a subclassed model: its root attributes
-    result: list[tuple[str, str]] = []
-    seen = {start}
-    stack = [start]
-    while stack:
-        node = stack.pop()
+    result = []
+    for node in _variable_nodes(graph, start):
         attr = _variable_attr(graph, node)
-        if attr is not None:
-            result.append((attr.full_name or attr.checkpoint_key, attr.checkpoint_key))
-        skipped = _SKIP_ROOT_CHILDREN if node == 0 else ("optimizer",)
-        fresh = [child for name, child in _children(graph, node)
-                 if child not in seen and not name.startswith(skipped)]
-        seen.update(fresh)
-        stack.extend(reversed(fresh))
+        result.append((attr.full_name or attr.checkpoint_key, attr.checkpoint_key))
     return result
 
 
