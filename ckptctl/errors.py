@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 #: Why something failed. Stable identifiers: documented in the README, exposed in JSON.
 ErrorKind = Literal[
     "unsafe",          # the pickle would run code: refused, nothing executed
+    "ambiguous",       # torch.load could read different bytes than ckptctl: refused
     "corrupt",         # broken bytes: truncated, bad records, damaged archive
     "unsupported",     # well-formed, but nothing ckptctl can convert (yet)
     "unrecognised",    # named like a checkpoint, but no known format
@@ -76,6 +77,16 @@ class UnsafePickleError(CkptError, kind="unsafe"):
             + " (nothing was executed)",
             path,
         )
+
+
+class AmbiguousCheckpointError(CkptError, kind="ambiguous"):
+    """Readers could disagree about the bytes (torch.load might unpickle something ckptctl
+    never saw): refused rather than vouched for."""
+
+    def __init__(self, why: str, path: object | None = None) -> None:
+        super().__init__(f"refused as ambiguous: {why} (torch.load could read other bytes "
+                         "than ckptctl checked; nothing was executed)", path)
+        self.why = why
 
 
 # The file looks like a checkpoint but its bytes are broken (truncated, bad records).

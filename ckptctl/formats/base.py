@@ -62,7 +62,7 @@ class _NotASource:
 NOT_A_SOURCE: Final = _NotASource()
 Sniffed = FoundCheckpoint | _NotASource | None
 
-_HEAD_BYTES = 64
+_HEAD_BYTES = 512  # a tar header: torch's oldest format is told by its first block
 
 
 class Probe:

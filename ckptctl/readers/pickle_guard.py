@@ -8,7 +8,10 @@ what the C unpickler would handle badly or unsafely, before it sees the bytes:
 * out-of-band buffers (NEXT_BUFFER/READONLY_BUFFER): not part of any checkpoint format;
 * memo indices larger than the pickle could ever fill (the C unpickler sizes its memo from
   the index, so ``LONG_BINPUT 2**28`` would allocate gigabytes);
-* nesting deeper than ``MAX_DEPTH`` (hashing a deeply nested tuple overflows the C stack).
+* nesting deeper than ``MAX_DEPTH`` (hashing a deeply nested tuple overflows the C stack);
+* frames that do not end where their pickle does: the C unpickler on a buffered file (what
+  ``torch.load`` opens) resumes right after STOP, on an unbuffered one after the frame, so a
+  frame running past STOP hides a second pickle only one of them reads.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pickletools
 from collections.abc import Callable
 from typing import IO, Protocol
 
-from ..errors import CorruptCheckpointError, UnsafePickleError
+from ..errors import AmbiguousCheckpointError, CorruptCheckpointError, UnsafePickleError
 
 MAX_DEPTH = 1000
 _CONTAINER_UPDATES = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
@@ -51,11 +54,16 @@ def guard_pickle(source: bytes | IO[bytes] | PickleStream, is_dangerous: Callabl
     memo: dict[int, tuple[int, str | None]] = {}
     dangerous: list[str] = []
     count = 0
+    frame_end: int | None = None
+    previous = -1
     try:
         # typeshed types genops' argument as IO[bytes]; it only needs a PickleStream.
-        for opcode, arg, _ in pickletools.genops(source):  # type: ignore[arg-type]
+        for opcode, arg, pos in pickletools.genops(source):  # type: ignore[arg-type]
             count += 1
             name = opcode.name
+            if pos is not None:
+                frame_end = _check_framing(name, arg, pos, previous, frame_end)
+                previous = pos
             if name in ("EXT1", "EXT2", "EXT4"):
                 named = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
                 if named is None:
@@ -92,7 +100,7 @@ def guard_pickle(source: bytes | IO[bytes] | PickleStream, is_dangerous: Callabl
                 strings.append(arg if name in _STRINGS and isinstance(arg, str) else None)
             if depth > max_depth:
                 raise CorruptCheckpointError(f"pickle nests deeper than {max_depth} levels")
-    except (UnsafePickleError, CorruptCheckpointError) as exc:
+    except (UnsafePickleError, CorruptCheckpointError, AmbiguousCheckpointError) as exc:
         if dangerous and not isinstance(exc, UnsafePickleError):
             raise UnsafePickleError(dangerous) from exc
         raise
@@ -102,6 +110,21 @@ def guard_pickle(source: bytes | IO[bytes] | PickleStream, is_dangerous: Callabl
         raise CorruptCheckpointError(f"unreadable pickle ({exc})") from exc
     if dangerous:
         raise UnsafePickleError(dangerous)
+
+
+def _check_framing(name: str, arg: object, pos: int, previous: int,
+                   frame_end: int | None) -> int | None:
+    """The end of the current frame after the opcode at ``pos``; refuses frames that overlap,
+    that an opcode straddles, or that run past STOP (see the module docstring)."""
+    if frame_end is not None and previous < frame_end < pos:
+        raise AmbiguousCheckpointError("an opcode straddles a pickle frame boundary")
+    if name == "FRAME" and isinstance(arg, int):
+        if frame_end is not None and pos < frame_end:
+            raise AmbiguousCheckpointError("a pickle frame starts inside another one")
+        return pos + 9 + arg  # FRAME opcode + 8-byte length, then the frame's bytes
+    if name == "STOP" and frame_end is not None and frame_end > pos + 1:
+        raise AmbiguousCheckpointError("a pickle frame runs past its STOP")
+    return frame_end
 
 
 def _python3_name(module: str, name: str) -> str:

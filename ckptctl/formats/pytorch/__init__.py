@@ -6,14 +6,13 @@ Read with the restricted unpickler (no code from the file runs); weights become 
 
 from __future__ import annotations
 
-import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ... import __version__
-from ...errors import CkptError, UnsupportedCheckpointError
+from ...errors import AmbiguousCheckpointError, CkptError, UnsupportedCheckpointError
 from ...metadata import Gathered
 from ...readers.tensor import LazyTensor, StorageRef
 from ...readers.torch_files import (
@@ -22,6 +21,7 @@ from ...readers.torch_files import (
     open_torch,
     sniff_torch,
     torch_zip_prefix,
+    zip_member_names,
 )
 from .. import base
 from .metadata import (
@@ -37,7 +37,7 @@ TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def magic_of(probe: base.Probe) -> str | None:
-    """"zip" / "torch-legacy" from the file's first bytes; None when neither or unreadable
+    """"zip" / "torch-legacy" / "torch-tar" from the file's first bytes; None when neither or unreadable
     (the registry reports unreadable files named like checkpoints)."""
     try:
         return sniff_torch(probe.head())
@@ -63,10 +63,11 @@ class TorchZip(_TorchFormat):
             return None
         promised = probe.name.endswith(TORCH_SUFFIXES)
         try:
-            with zipfile.ZipFile(probe.path) as archive:
-                if torch_zip_prefix(archive.namelist()) is not None:
-                    return base.FoundCheckpoint(probe.path, "torch-zip")
-        except ZIP_ERRORS:
+            if torch_zip_prefix(zip_member_names(probe.path)) is not None:
+                return base.FoundCheckpoint(probe.path, "torch-zip")
+        except AmbiguousCheckpointError as exc:
+            return base.FoundCheckpoint(probe.path, "torch-zip", exc.message, exc.kind)
+        except (CkptError, *ZIP_ERRORS):
             return (base.FoundCheckpoint(probe.path, "torch-zip", "damaged zip archive (truncated?)")
                     if promised else None)
         if promised:
@@ -78,7 +79,11 @@ class TorchLegacy(_TorchFormat):
     ids = ("torch-legacy",)
 
     def sniff(self, probe: base.Probe) -> base.Sniffed:
-        if magic_of(probe) != "torch-legacy":
+        magic = magic_of(probe)
+        if magic == "torch-tar":
+            return base.FoundCheckpoint(probe.path, "torch-legacy", "torch's oldest checkpoint "
+                                        "format (a tar archive) is not supported", "unsupported")
+        if magic != "torch-legacy":
             return None
         return base.FoundCheckpoint(probe.path, "torch-legacy")
 
