@@ -135,35 +135,40 @@ def test_control_a_rebuilt_real_zip_converts(tmp_path: Path) -> None:
     assert all(p.exists() for p in outputs_for(path))
 
 
+def build_repeated_member(tmp_path: Path, spelling: bytes = b"DATA.pkl") -> Path:
+    members = real_zip(tmp_path)
+    prefix = members[0][0].split(b"/")[0]
+    path = tmp_path / "repeated.pt"
+    path.write_bytes(plain_zip([*members, (prefix + b"/" + spelling, PAYLOAD)]))
+    return path
+
+
 @pytest.mark.parametrize("spelling", [b"data.pkl", b"DATA.pkl"], ids=["exact", "case"])
 def test_zip_member_repeated(tmp_path: Path, spelling: bytes) -> None:
     """Stops: a second data.pkl (same name, or same name in other case) after the real one:
     torch's zip reader takes the later one, ckptctl read the first. Found: hostile review
     (issue 10)."""
-    members = real_zip(tmp_path)
-    prefix = members[0][0].split(b"/")[0]
-    path = tmp_path / "repeated.pt"
-    path.write_bytes(plain_zip([*members, (prefix + b"/" + spelling, PAYLOAD)]))
-    check_refused_and_real(tmp_path, path, "appears twice")
+    check_refused_and_real(tmp_path, build_repeated_member(tmp_path, spelling), "appears twice")
 
 
-def test_zip_member_name_with_nul(tmp_path: Path) -> None:
-    """Stops: data.pkl holds the payload and a benign "data.pkl\\0x" follows: Python's
-    zipfile cuts the name at NUL (the later one wins), torch's reader does not. Found:
-    hostile review (issue 10)."""
+def build_name_with_nul(tmp_path: Path) -> Path:
     members = real_zip(tmp_path)
     prefix = members[0][0].split(b"/")[0]
     benign = dict(members)[prefix + b"/data.pkl"]
     hostile = [*with_payload(members), (prefix + b"/data.pkl\x00x", benign)]
     path = tmp_path / "nul.pt"
     path.write_bytes(plain_zip(hostile))
-    check_refused_and_real(tmp_path, path, "NUL")
+    return path
 
 
-def test_central_directory_not_where_the_end_record_says(tmp_path: Path) -> None:
-    """Stops: two central directories; the end record's offset names the payload's, while
-    zipfile reads the one just before the end record and shifts every offset by the
-    difference. Found: hostile review (issue 10)."""
+def test_zip_member_name_with_nul(tmp_path: Path) -> None:
+    """Stops: data.pkl holds the payload and a benign "data.pkl\\0x" follows: Python's
+    zipfile cuts the name at NUL (the later one wins), torch's reader does not. Found:
+    hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_name_with_nul(tmp_path), "NUL")
+
+
+def build_misplaced_directory(tmp_path: Path) -> Path:
     members = real_zip(tmp_path)
     payload = with_payload(members)
     body_p, offsets_p = locals_at(payload, 0)
@@ -174,7 +179,15 @@ def test_central_directory_not_where_the_end_record_says(tmp_path: Path) -> None
     path = tmp_path / "cd-offset.pt"
     path.write_bytes(body_p + body_b + cd_p + cd_b
                      + end_record(len(members), len(cd_b), len(body_p) + len(body_b)))
-    check_refused_and_real(tmp_path, path, "central directory is not where")
+    return path
+
+
+def test_central_directory_not_where_the_end_record_says(tmp_path: Path) -> None:
+    """Stops: two central directories; the end record's offset names the payload's, while
+    zipfile reads the one just before the end record and shifts every offset by the
+    difference. Found: hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_misplaced_directory(tmp_path),
+                           "central directory is not where")
 
 
 def zip64_end_record(entries: int, cd_size: int, cd_offset: int) -> bytes:
@@ -182,9 +195,7 @@ def zip64_end_record(entries: int, cd_size: int, cd_offset: int) -> bytes:
                        cd_size, cd_offset)
 
 
-def test_zip64_end_record_not_where_its_locator_says(tmp_path: Path) -> None:
-    """Stops: two ZIP64 end records; the locator's offset names the payload's, zipfile reads
-    the one right before the locator. Found: hostile review (issue 10)."""
+def build_misplaced_zip64_record(tmp_path: Path) -> Path:
     members = real_zip(tmp_path)
     payload = with_payload(members)
     body_p, offsets_p = locals_at(payload, 0)
@@ -201,12 +212,17 @@ def test_zip64_end_record_not_where_its_locator_says(tmp_path: Path) -> None:
     path.write_bytes(body_p + body_b + zip64_end_record(len(payload), len(cd_p), cd_p_at) + cd_p
                      + cd_b + zip64_end_record(len(members), len(cd_b), cd_b_at) + locator
                      + sentinels)
-    check_refused_and_real(tmp_path, path, "ZIP64 end record is not where")
+    return path
 
 
-def test_end_signature_inside_the_comment(tmp_path: Path) -> None:
-    """Stops: the end record points at the benign directory and its comment holds a second,
-    self-consistent end record pointing at the payload's. Found: hostile review (issue 10)."""
+def test_zip64_end_record_not_where_its_locator_says(tmp_path: Path) -> None:
+    """Stops: two ZIP64 end records; the locator's offset names the payload's, zipfile reads
+    the one right before the locator. Found: hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_misplaced_zip64_record(tmp_path),
+                           "ZIP64 end record is not where")
+
+
+def build_end_record_in_comment(tmp_path: Path) -> Path:
     members = real_zip(tmp_path)
     payload = with_payload(members)
     body_p, offsets_p = locals_at(payload, 0)
@@ -217,16 +233,20 @@ def test_end_signature_inside_the_comment(tmp_path: Path) -> None:
     path = tmp_path / "comment.pt"
     path.write_bytes(body_p + body_b + cd_p + cd_b
                      + end_record(len(members), len(cd_b), cd_p_at + len(cd_p), comment=fake))
-    check_refused_and_real(tmp_path, path, "end signature inside the comment")
+    return path
+
+
+def test_end_signature_inside_the_comment(tmp_path: Path) -> None:
+    """Stops: the end record points at the benign directory and its comment holds a second,
+    self-consistent end record pointing at the payload's. Found: hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_end_record_in_comment(tmp_path),
+                           "end signature inside the comment")
 
 
 # --- legacy streams ----------------------------------------------------------------------------
 
 
-def test_legacy_frame_running_past_stop(tmp_path: Path) -> None:
-    """Stops: the sys_info pickle re-framed at protocol 4 with a frame running past its STOP
-    over a payload: the C unpickler on torch's buffered file resumes after STOP (the payload),
-    ckptctl's resumed after the frame (the real object). Found: hostile review (issue 10)."""
+def build_frame_past_stop(tmp_path: Path) -> Path:
     legacy = real_legacy(tmp_path)
     stream = io.BytesIO(legacy)
     bounds = []
@@ -245,7 +265,15 @@ def test_legacy_frame_running_past_stop(tmp_path: Path) -> None:
               + body + PAYLOAD)
     path = tmp_path / "framed.pt"
     path.write_bytes(legacy[:sys_start] + framed + legacy[sys_end:])
-    check_refused_and_real(tmp_path, path, "frame runs past its STOP")
+    return path
+
+
+def test_legacy_frame_running_past_stop(tmp_path: Path) -> None:
+    """Stops: the sys_info pickle re-framed at protocol 4 with a frame running past its STOP
+    over a payload: the C unpickler on torch's buffered file resumes after STOP (the payload),
+    ckptctl's resumed after the frame (the real object). Found: hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_frame_past_stop(tmp_path),
+                           "frame runs past its STOP")
 
 
 def tar_block(name: bytes, size: int) -> bytearray:
@@ -269,10 +297,7 @@ def tar_member(name: bytes, data: bytes) -> bytes:
     return seal(tar_block(name, len(data))) + data + b"\0" * (-len(data) % 512)
 
 
-def test_legacy_stream_that_is_also_a_tar(tmp_path: Path) -> None:
-    """Stops: a legacy stream whose first 512 bytes are also a valid tar header (the protocol
-    version pickle pops a string holding the header fields): torch.load tries its old tar
-    format first and unpickles the tar's "storages" member. Found: hostile review (issue 10)."""
+def build_tar_polyglot(tmp_path: Path) -> Path:
     legacy = real_legacy(tmp_path)
     assert legacy[15:21] == b"\x80\x02M\xe9\x03.", "template: magic then protocol version"
     rest = legacy[21:]
@@ -283,7 +308,15 @@ def test_legacy_stream_that_is_also_a_tar(tmp_path: Path) -> None:
     path = tmp_path / "polyglot.pt"
     path.write_bytes(seal(block) + rest + b"\0" * (-len(rest) % 512)
                      + tar_member(b"storages", PAYLOAD) + b"\0" * 1024)
-    check_refused_and_real(tmp_path, path, "also a valid tar archive")
+    return path
+
+
+def test_legacy_stream_that_is_also_a_tar(tmp_path: Path) -> None:
+    """Stops: a legacy stream whose first 512 bytes are also a valid tar header (the protocol
+    version pickle pops a string holding the header fields): torch.load tries its old tar
+    format first and unpickles the tar's "storages" member. Found: hostile review (issue 10)."""
+    check_refused_and_real(tmp_path, build_tar_polyglot(tmp_path),
+                           "also a valid tar archive")
 
 
 def test_old_tar_checkpoint_is_named_not_unrecognised(tmp_path: Path) -> None:
@@ -333,3 +366,15 @@ def test_control_real_zip64_checkpoint_reads(tmp_path: Path) -> None:
     checkpoint = open_torch(path)
     assert len(checkpoint.obj) == 66_000
     assert checkpoint.obj["t65999"].read(checkpoint, False).tolist() == [65999.0]
+
+
+#: Every class above, for the fuzzers (``tests/test_fuzz_hostile_seeds.py``).
+SEED_BUILDERS = {
+    "repeated-member": build_repeated_member,
+    "name-with-nul": build_name_with_nul,
+    "misplaced-directory": build_misplaced_directory,
+    "misplaced-zip64-record": build_misplaced_zip64_record,
+    "end-record-in-comment": build_end_record_in_comment,
+    "frame-past-stop": build_frame_past_stop,
+    "tar-polyglot": build_tar_polyglot,
+}
