@@ -88,14 +88,16 @@ def check_refused_and_real(tmp_path: Path, hostile: Path, why: str) -> None:
 # --- zip assembly, byte by byte (zipfile would refuse to write these) ---------------------------
 
 
-def local_header(name: bytes, data: bytes) -> bytes:
-    return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data),
+def local_header(name: bytes, data: bytes, flags: int = 0) -> bytes:
+    return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, flags, 0, 0, 0, zlib.crc32(data),
                        len(data), len(data), len(name), 0) + name + data
 
 
-def central_entry(name: bytes, data: bytes, offset: int) -> bytes:
-    return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data),
-                       len(data), len(data), len(name), 0, 0, 0, 0, 0, offset) + name
+def central_entry(name: bytes, data: bytes, offset: int, flags: int = 0,
+                  extra: bytes = b"") -> bytes:
+    return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, flags, 0, 0, 0,
+                       zlib.crc32(data), len(data), len(data), len(name), len(extra), 0, 0, 0, 0,
+                       offset) + name + extra
 
 
 def end_record(entries: int, cd_size: int, cd_offset: int, comment: bytes = b"") -> bytes:
@@ -368,6 +370,112 @@ def test_control_real_zip64_checkpoint_reads(tmp_path: Path) -> None:
     assert checkpoint.obj["t65999"].read(checkpoint, False).tolist() == [65999.0]
 
 
+# --- found by the hostile review of this file's first version (issue 10) -----------------------
+
+
+def build_utf8_flag_twin(tmp_path: Path) -> Path:
+    members = [(b"\xc3\xa9/" + n.split(b"/", 1)[1], d) for n, d in real_zip(tmp_path)]
+    body, offsets = locals_at(members, 0)
+    twin = local_header(b"\xc3\xa9/data.pkl", PAYLOAD, flags=0x800)
+    cd = directory(members, offsets) + central_entry(b"\xc3\xa9/data.pkl", PAYLOAD, len(body),
+                                                     flags=0x800)
+    path = tmp_path / "utf8-twin.pt"
+    path.write_bytes(body + twin + cd + end_record(len(members) + 1, len(cd), len(body) + len(twin)))
+    return path
+
+
+def test_same_name_bytes_with_and_without_the_utf8_flag(tmp_path: Path) -> None:
+    """Stops: two members with the same name bytes, one flagged UTF-8: Python's zipfile
+    decodes them to two names (cp437 and UTF-8), torch's reader compares bytes and takes the
+    flagged payload. Found: hostile review of the parity checks (issue 10)."""
+    check_refused_and_real(tmp_path, build_utf8_flag_twin(tmp_path), "appears twice")
+
+
+def build_unicode_path_field(tmp_path: Path) -> Path:
+    members = with_payload(real_zip(tmp_path))
+    body, offsets = locals_at(members, 0)
+    prefix = members[0][0].split(b"/")[0]
+    renamed = prefix + b"/zzz"
+    field = struct.pack("<HHB", 0x7075, 5 + len(renamed), 1) + struct.pack(
+        "<I", zlib.crc32(prefix + b"/data.pkl")) + renamed
+    cd = b"".join(central_entry(n, d, o, extra=field if n.endswith(b"/data.pkl") else b"")
+                  for (n, d), o in zip(members, offsets, strict=True))
+    path = tmp_path / "unicode-path.pt"
+    path.write_bytes(body + cd + end_record(len(members), len(cd), len(body)))
+    return path
+
+
+def test_unicode_path_extra_field(tmp_path: Path) -> None:
+    """Stops: a Unicode Path extra field, which Python 3.12+'s zipfile uses to rename a
+    member (here data.pkl, the payload, out of the way of a benign one), while torch's
+    reader ignores it. Found: hostile review of the parity checks (issue 10)."""
+    check_refused_and_real(tmp_path, build_unicode_path_field(tmp_path), "Unicode Path")
+
+
+def test_two_zip64_fields_in_one_entry(tmp_path: Path) -> None:
+    """Stops: two ZIP64 extra fields on data.pkl (32-bit offset 0xFFFFFFFF): zipfile applies
+    both (the second points at the benign copy), torch's reader takes the first (the payload,
+    4 GiB in; the file is sparse). Found: hostile review of the parity checks (issue 10)."""
+    members = real_zip(tmp_path)
+    benign = dict(members)[next(n for n, _ in members if n.endswith(b"/data.pkl"))]
+    payload = PAYLOAD + b" " * max(0, len(benign) - len(PAYLOAD))
+    body, cd, pkl_name = b"", b"", b""
+    for name, data in members:
+        if name.endswith(b"/data.pkl"):
+            extra = struct.pack("<HHQ", 1, 8, 0xFFFFFFFF) + struct.pack("<HHQ", 1, 8, len(body))
+            cd += central_entry(name, data, 0xFFFFFFFF, extra=extra)
+            pkl_name = name
+        else:
+            cd += central_entry(name, data, len(body))
+        body += local_header(name, data)
+    path = tmp_path / "zip64-twice.pt"
+    with path.open("wb") as out:
+        out.write(body)
+        out.seek(0xFFFFFFFF)
+        out.write(local_header(pkl_name, payload))
+        cd_at = out.tell()
+        out.write(cd)
+        record_at = out.tell()
+        out.write(zip64_end_record(len(members), len(cd), cd_at))
+        out.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, record_at, 1))
+        out.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                              0xFFFFFFFF, 0))
+    check_refused_and_real(tmp_path, path, "two ZIP64 extra fields")
+
+
+@pytest.mark.parametrize("first", [(b"sys_info", b""), (b"readme", b"ustar\x0000"),
+                                   (b"./storages", b"ustar\x0000")],
+                         ids=["v7-tar", "other-first-member", "dot-slash"])
+def test_every_tar_torch_opens_is_named(tmp_path: Path, first: tuple[bytes, bytes]) -> None:
+    """Stops: tar files torch.load reads (and runs, here) called "unrecognised" because they
+    lack the ustar magic or start with another member. Found: hostile review of the parity
+    checks (issue 10)."""
+    name, magic = first
+    block = tar_block(name, len(PAYLOAD))
+    block[257:265] = magic.ljust(8, b"\0")
+    path = tmp_path / "old.pt"
+    path.write_bytes(seal(block) + PAYLOAD + b"\0" * (-len(PAYLOAD) % 512)
+                     + tar_member(b"storages", PAYLOAD) + b"\0" * 1024)
+    good = good_file(tmp_path)
+    run = run_bounded("convert", "--outputs-dir", tmp_path)
+    assert_refused(run, refused=[path], converted=[good], reason="oldest checkpoint format")
+    assert torch_runs_payload(path)
+
+
+def test_legacy_first_pickle_is_read_whole(tmp_path: Path) -> None:
+    """Stops: a legacy stream whose first pickle calls something before pushing the magic
+    number (torch unpickles it whole and runs the call): read by the restricted reader, which
+    names the dangerous callable, never skipped as "unrecognised". Found: hostile review of
+    the parity checks (issue 10)."""
+    legacy = real_legacy(tmp_path)
+    evil = b"cos\nsystem\n(S'true'\ntR0"  # os.system('true'), POP (harmless if it ran)
+    path = tmp_path / "prefixed.pt"
+    path.write_bytes(evil + legacy[2:])  # drop PROTO 2: protocol 0 opcodes, then the magic
+    good = good_file(tmp_path)
+    run = run_bounded("convert", "--outputs-dir", tmp_path)
+    assert_refused(run, refused=[path], converted=[good], reason="dangerous callables os.system")
+
+
 #: Every class above, for the fuzzers (``tests/test_fuzz_hostile_seeds.py``).
 SEED_BUILDERS = {
     "repeated-member": build_repeated_member,
@@ -377,4 +485,6 @@ SEED_BUILDERS = {
     "end-record-in-comment": build_end_record_in_comment,
     "frame-past-stop": build_frame_past_stop,
     "tar-polyglot": build_tar_polyglot,
+    "utf8-flag-twin": build_utf8_flag_twin,
+    "unicode-path-field": build_unicode_path_field,
 }

@@ -6,6 +6,7 @@ Read with the restricted unpickler (no code from the file runs); weights become 
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,11 +19,14 @@ from ...readers.tensor import LazyTensor, StorageRef
 from ...readers.torch_files import (
     ZIP_ERRORS,
     TorchFile,
+    looks_like_pickle,
     open_torch,
     sniff_torch,
+    tar_verdict,
     torch_zip_prefix,
     zip_member_names,
 )
+from ...safeio import open_regular
 from .. import base
 from .metadata import (
     STATE_DICT_KEYS,
@@ -80,12 +84,27 @@ class TorchLegacy(_TorchFormat):
 
     def sniff(self, probe: base.Probe) -> base.Sniffed:
         magic = magic_of(probe)
-        if magic == "torch-tar":
+        if magic == "torch-legacy":
+            return base.FoundCheckpoint(probe.path, "torch-legacy")
+        if magic == "zip":
+            return None
+        promised = probe.name.endswith(TORCH_SUFFIXES)
+        if magic == "torch-tar" or (promised and _opens_as_tar(probe.path)):
             return base.FoundCheckpoint(probe.path, "torch-legacy", "torch's oldest checkpoint "
                                         "format (a tar archive) is not supported", "unsupported")
-        if magic != "torch-legacy":
-            return None
-        return base.FoundCheckpoint(probe.path, "torch-legacy")
+        if promised and looks_like_pickle(probe.head()):
+            # torch.load would unpickle it: read it (restricted) rather than call it unrecognised
+            return base.FoundCheckpoint(probe.path, "torch-legacy")
+        return None
+
+
+def _opens_as_tar(path: Path) -> bool:
+    """torch.load's first try on a non-zip file (only asked of files named like checkpoints)."""
+    try:
+        with open_regular(path, "rb") as handle:
+            return tar_verdict(handle, os.fstat(handle.fileno()).st_size)
+    except (OSError, CkptError):
+        return False
 
 
 class OpenedTorch(base.OpenedSource):
