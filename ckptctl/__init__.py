@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a ckptctl ``.weights.h5`` as numpy arrays (bfloat16/float8 via ml_dtypes).
 
-    Tied tensors come back as the same array object under each name.
+    Tied tensors come back as the same array object under each name. A file that is not a
+    well-formed ``ckptctl-tensors`` file reading only itself (no external links, external
+    storage or virtual datasets; nothing declared that is not stored) raises a
+    ``ckptctl.errors.CkptError``, never an h5py error.
     """
     from .layouts.ckptctl_tensors import read_tensors
 
@@ -33,6 +36,7 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     """Tensors of a ckptctl ``.weights.h5`` as torch tensors, bit-exact, ties restored.
 
     ``model.load_state_dict(ckptctl.load_state_dict(p), strict=True)`` restores a model.
+    Raises ``CkptError`` like ``load_weights``.
     """
     import torch  # imported only here: the rest of ckptctl runs without torch
 
@@ -105,12 +109,14 @@ def find_checkpoint_for_loading(path: str | Path) -> FoundForLoading:
 
 
 def _weights_kind(path: Path) -> str:
-    import h5py
+    from .readers.h5safe import H5_ERRORS, open_h5
 
     try:
-        with h5py.File(path, "r") as f:
-            return "ckptctl-tensors" if f.attrs.get("layout") == "ckptctl-tensors" else "keras3"
-    except OSError:
+        with open_h5(path) as f:  # root attributes only: nothing is resolved
+            layout = f.attrs.get("layout")
+            layout = layout.decode("utf-8", "replace") if isinstance(layout, bytes) else layout
+            return "ckptctl-tensors" if isinstance(layout, str) and layout == "ckptctl-tensors" else "keras3"
+    except H5_ERRORS:
         return "keras3"
 
 

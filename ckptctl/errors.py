@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 ErrorKind = Literal[
     "unsafe",          # the pickle would run code: refused, nothing executed
     "ambiguous",       # torch.load could read different bytes than ckptctl: refused
+    "budget",          # reading it would take more work, memory or output than its size allows
     "corrupt",         # broken bytes: truncated, bad records, damaged archive
     "unsupported",     # well-formed, but nothing ckptctl can convert (yet)
     "unrecognised",    # named like a checkpoint, but no known format
@@ -87,6 +88,17 @@ class AmbiguousCheckpointError(CkptError, kind="ambiguous"):
         super().__init__(f"refused as ambiguous: {why} (torch.load could read other bytes "
                          "than ckptctl checked; nothing was executed)", path)
         self.why = why
+
+
+class BudgetExceededError(CkptError, kind="budget"):
+    """Reading the input would take more work, memory or output than its size allows (a
+    bomb: few bytes that expand without bound). Refused in one line: ``refused: <what>
+    exceeds <budget>``; nothing was expanded past the budget. See ``ckptctl.budgets``."""
+
+    def __init__(self, what: str, budget: str, path: object | None = None) -> None:
+        super().__init__(f"refused: {what} exceeds {budget}", path)
+        self.what = what
+        self.budget = budget
 
 
 # The file looks like a checkpoint but its bytes are broken (truncated, bad records).

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
+from .budgets import MAX_FLOW_NESTING, flow_nesting_exceeds
 from .filename_tokens import parse_filename
 from .safeio import open_regular
-from .yamlio import load_yaml_file
+from .yamlio import SafeLoader, _has_alias
 
 #: Every sidecar field a gatherer may offer (``group.field``); metrics use ``offer_metric``.
 FieldPath = Literal[
@@ -192,12 +193,54 @@ def _to_int(text: Any) -> int | None:
         return None
 
 
+_MAX_SIDE_YAML = 1 << 20
+#: Logger and Hydra YAML nested deeper than this is skipped: real configs nest about 10
+#: levels, while the sidecar's schema and every walker over it have a recursion limit.
+MAX_YAML_DEPTH = 32
+
+
 def _safe_yaml(path: Path, g: Gathered) -> Any:
     try:
-        return load_yaml_file(path, max_bytes=1 << 20)
+        with open_regular(path, "rb") as handle:
+            text = handle.read(_MAX_SIDE_YAML + 1)
+        if len(text) > _MAX_SIDE_YAML or flow_nesting_exceeds(text):
+            # too big, or nested so deep that libyaml would crash the process parsing it
+            g.notes.append(f"{path}: not read (larger than {_MAX_SIDE_YAML} bytes or nested "
+                           f"deeper than {MAX_FLOW_NESTING} levels)")
+            return None
+        data = _load_yaml(text)
     except Exception as exc:  # YAML written by other tools may hold python tags: skip it
         g.notes.append(f"{path}: not read ({type(exc).__name__})")
         return None
+    if nesting_depth(data, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:
+        g.notes.append(f"{path}: not read (nested deeper than {MAX_YAML_DEPTH} levels)")
+        return None
+    return data
+
+
+def _load_yaml(text: bytes) -> Any:
+    """``yamlio.load_yaml_file`` on bytes already read and checked: the safe loader, aliases
+    refused."""
+    import yaml
+
+    if b"*" in text and _has_alias(text):
+        raise ValueError("YAML aliases are not allowed")
+    return yaml.load(text, Loader=SafeLoader)
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply ``value``'s dicts and lists nest, counted without recursion and no further
+    than ``limit + 1``."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth + 1)
+            if deepest > limit:
+                return deepest
+            pending.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def gather_from_hydra(path: Path, exp_root: Path, g: Gathered) -> None:

@@ -46,12 +46,16 @@ def mutations(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 def exercise(path: Path, fmt: str) -> None:
-    """Everything convert would read from ``path`` (structure, metadata and every tensor)."""
+    """Everything convert would read from ``path`` (structure, metadata and every tensor),
+    within the output budget convert gives it."""
+    from ckptctl.budgets import output_budget
     from ckptctl.ops.convert import ConvertOptions, plan_conversion
+    from ckptctl.sources import fingerprint
 
     _, _, plan = plan_conversion(path, fmt, path.parent, ConvertOptions())  # type: ignore[arg-type]
     if plan.write is not None:
-        plan.write(path.with_name(path.name + ".out.weights.h5"))
+        with output_budget(fingerprint(path, fmt).size_bytes):
+            plan.write(path.with_name(path.name + ".out.weights.h5"))
 
 
 def assert_only_ckpt_errors(path: Path, fmt: str) -> None:
@@ -136,6 +140,66 @@ def test_sidecar_parser_fuzz(tmp_path: Path) -> None:
     run()
 
 
+def _hdf5_seed(folder: Path, kind: str, attack: str) -> tuple[Path, bytes]:
+    """A small Keras 2 weights .h5 or ckptctl-tensors .weights.h5 whose (4, 3) kernel is
+    replaced by ``attack`` (test_hdf5_confinement), and the secret it points at."""
+    import h5py
+    import numpy as np
+    from test_hdf5_confinement import SECRET, SHAPE, make_secrets, plant
+
+    from ckptctl.layouts.ckptctl_tensors import TensorToWrite, write_tensors
+
+    secrets = make_secrets(folder / "secrets")
+    seed = folder / ("seed.h5" if kind == "keras2-h5-weights" else "seed.weights.h5")
+    kernel = np.arange(12, dtype="<f4").reshape(SHAPE)
+    if kind == "keras2-h5-weights":
+        with h5py.File(seed, "w") as f:
+            f.attrs["keras_version"] = "2.15.0"
+            f.attrs["backend"] = "tensorflow"
+            f.attrs["layer_names"] = np.array([b"dense"])
+            group = f.create_group("dense")
+            group.attrs["weight_names"] = np.array([b"dense/kernel:0", b"dense/bias:0"])
+            group.create_dataset("dense/kernel:0", data=kernel)
+            group.create_dataset("dense/bias:0", data=np.zeros(3, "<f4"))
+        path = "dense/dense/kernel:0"
+    else:
+        write_tensors(seed, [TensorToWrite("w", "float32", SHAPE, None, lambda: kernel)],
+                      {"writer": "ckptctl test"})
+        path = "tensors/w"
+    with h5py.File(seed, "r+") as f:
+        plant(f, path, attack, secrets)
+    return seed, SECRET
+
+
+@pytest.mark.parametrize("kind", ["keras2-h5-weights", "ckptctl-tensors"])
+@pytest.mark.parametrize("attack", ["external_storage", "external_link", "virtual_dataset",
+                                    "never_written_16GiB", "gzip_bomb_6GiB"])
+def test_hdf5_indirection_seeds_fuzz(tmp_path: Path, kind: str, attack: str) -> None:
+    """Stops: mutated HDF5 files with external storage, external links, virtual datasets or size bombs (as convert and load_weights read them) reading another file's bytes, allocating what they declare, escaping as non-CkptError or taking >5 s. Found: hostile review (issue 10)."""
+    import ckptctl
+
+    seed, secret = _hdf5_seed(tmp_path, kind, attack)
+    original = seed.read_bytes()
+
+    @settings(FUZZ_SETTINGS, max_examples=25)
+    @given(mutations(original))
+    def run(mutated: bytes) -> None:
+        target = tmp_path / seed.name
+        target.write_bytes(mutated)
+        started = time.monotonic()
+        with contextlib.suppress(CkptError):
+            if kind == "ckptctl-tensors":
+                arrays = ckptctl.load_weights(target)
+                assert all(secret[:16] not in a.tobytes() for a in arrays.values())
+            else:
+                exercise(target, kind)
+        assert time.monotonic() - started < 5, "a reader took too long on hostile bytes"
+        for output in tmp_path.glob("*.out.weights.h5"):
+            assert secret[:16] not in output.read_bytes(), "the secret leaked into the output"
+
+    run()
+
+
 CHILD = r"""
 import json, random, resource, sys, time
 from pathlib import Path
@@ -175,9 +239,71 @@ def test_seeded_mutations_stay_within_memory_and_time(example_tree: tuple[Path, 
         (str(example_tree[0] / "legacy_format/model_legacy.pt"), "torch-legacy"),
         (str(tf_tree[0] / "keras2_h5/full_model.h5"), "keras2-h5-model"),
     ]
+    # HDF5 size bombs: a never-written 16 GiB dataset and a 6 GiB gzip bomb (issue 10)
+    cases += [(str(_hdf5_seed(tmp_path / f"seed-{attack}", "keras2-h5-weights", attack)[0]),
+               "keras2-h5-weights") for attack in ("never_written_16GiB", "gzip_bomb_6GiB")]
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases), str(tmp_path),
                            str(Path(__file__).parent)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["worst_seconds"] < 5, report
     assert report["peak_rss_kib"] < 1_500_000, report  # well inside the 3 GiB cap
+
+
+def test_budget_seeds_stay_within_memory_and_time(tmp_path: Path) -> None:
+    """Stops: mutated budget attacks (memo-reference expansion, tuple-DAG hashing, colliding keys, repeated buffers, broadcast views, a deflated .keras config) escaping, taking >5 s or >1.5 GB in a memory-capped child. Found: hostile review (issue 10)."""
+    import zipfile
+
+    import torch
+    from test_budgets import (
+        checkpoint_pkl,
+        colliding_int_keys,
+        get,
+        memo_lists,
+        repeated_calls,
+        tuple_dag,
+    )
+    from test_unpickler_hostile import (
+        op_bytes,
+        op_dict,
+        op_global,
+        op_int,
+        op_str,
+        op_tensor,
+        pkl,
+        rewrite_zip,
+    )
+
+    template = tmp_path / "template.pt"
+    torch.save({"w": torch.arange(16, dtype=torch.float32)}, template)
+    zip_template = template.read_bytes()
+    wide, wide_ref = memo_lists(200, 12)
+    seeds = {
+        "memo_wide.ckpt": checkpoint_pkl(("hyper_parameters", op_dict((op_str("x"), wide_ref))),
+                                         prelude=wide),
+        "tuple_dag.ckpt": checkpoint_pkl(("k", op_dict((get(30), op_int(1)))), prelude=tuple_dag(30)),
+        "collide.ckpt": checkpoint_pkl(("k", colliding_int_keys(3_000))),
+        "buffers.ckpt": checkpoint_pkl(("k", repeated_calls(op_global("builtins", "bytearray"),
+                                                            op_bytes(b"x" * 65536), 2_000))),
+        "broadcast.ckpt": pkl(op_dict(*[  # zero-stride rows of one 64-byte storage
+            (op_str(f"w{i}"), op_tensor(None, 0, (1 << (24 - i), 2 << i), (0, 1)))
+            for i in range(4)])),
+    }
+    cases = []
+    for name, data in seeds.items():
+        path = tmp_path / name
+        path.write_bytes(rewrite_zip(zip_template, data))
+        cases.append((str(path), "torch-zip"))
+    keras = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(keras, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", b'{"keras_version": "3.3.3"}')
+        archive.writestr("config.json", b'{"class_name": "' + b" " * (8 << 20) + b'"}')
+    cases.append((str(keras), "keras3-keras"))
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases), str(out),
+                           str(Path(__file__).parent)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["worst_seconds"] < 5, report
+    assert report["peak_rss_kib"] < 1_500_000, report

@@ -6,17 +6,19 @@ describes the file (for ``.weights.h5`` the source *is* the weights file).
 
 from __future__ import annotations
 
-import json
 import zipfile
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..budgets import read_json_member
 from ..errors import CorruptCheckpointError
 from ..metadata import Gathered
 from ..readers.keras_files import keras_zip_kind
+from ..safeio import open_regular
 from . import base
-from .keras2_h5 import H5_SUFFIXES, probe_h5_kind
+from .keras2_h5 import H5_SUFFIXES, _plain_enough, probe_h5_kind
 from .keras_weights import KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION
 
 KERAS_SUFFIX = ".keras"
@@ -68,28 +70,45 @@ class OpenedKeras3Native(base.OpenedSource):
 
 
 def _archive_metadata(path: Path, g: Gathered) -> None:
+    """What ``metadata.json`` and ``config.json`` say. Both are budgeted
+    (``budgets.read_json_member``): a member that inflates from 3 MB to 3 GiB, or nests
+    ``[`` 100,000 deep, is refused in one line before it is expanded."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-            config = json.loads(archive.read("config.json")) if "config.json" in names else {}
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise CorruptCheckpointError(f"unreadable .keras archive ({exc})") from exc
+        with open_regular(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            names = set(archive.namelist())
+            meta = read_json_member(archive, "metadata.json") if "metadata.json" in names else {}
+            config = read_json_member(archive, "config.json") if "config.json" in names else {}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
+        raise CorruptCheckpointError(f"unreadable .keras archive ({str(exc)[:120]})") from exc
     if isinstance(meta, dict):
-        g.offer("training.framework_version", meta.get("keras_version"), "checkpoint:metadata.json")
-        g.offer("checkpointing.saved_at_text", meta.get("date_saved"), "checkpoint:metadata.json")
+        g.offer("training.framework_version", _text(meta.get("keras_version")),
+                "checkpoint:metadata.json")
+        g.offer("checkpointing.saved_at_text", _text(meta.get("date_saved")),
+                "checkpoint:metadata.json")
     if isinstance(config, dict):
-        g.offer("model.architecture", config.get("class_name"), "checkpoint:config.json")
+        g.offer("model.architecture", _text(config.get("class_name")), "checkpoint:config.json")
         compile_config = config.get("compile_config")
         if isinstance(compile_config, dict):
-            g.offer("model.training_config", compile_config, "checkpoint:config.json")
+            if _plain_enough(compile_config):
+                g.offer("model.training_config", compile_config, "checkpoint:config.json")
+            else:
+                g.notes.append("compile_config too large or deeply nested; not copied")
+
+
+def _text(value: object) -> str | None:
+    """A short string field, or None for anything else a hostile JSON puts there."""
+    return value if isinstance(value, str) and len(value) <= 1000 else None
 
 
 def describe_native_weights(path: Path) -> base.WrittenWeights:
-    """The ``weights`` section for a Keras 3 ``.weights.h5`` that is its own weights file."""
+    """The ``weights`` section for a Keras 3 ``.weights.h5`` that is its own weights file.
+
+    Its sidecar vouches for the file Keras will load: it must be ``confine``d like any HDF5
+    ckptctl reads (no other file's bytes, nothing declared that is not stored)."""
     import h5py
 
-    from ..readers.keras_model import H5_ERRORS
+    from ..readers.h5safe import H5_ERRORS, confine, open_h5
 
     count = elements = 0
     dtypes: dict[str, int] = defaultdict(int)
@@ -102,7 +121,8 @@ def describe_native_weights(path: Path) -> base.WrittenWeights:
             dtypes[str(obj.dtype)] += 1
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
+            confine(f)
             f.visititems(visit)
     except H5_ERRORS as exc:
         raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc

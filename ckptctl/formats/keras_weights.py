@@ -186,14 +186,12 @@ def build_keras_model(spec: str) -> Any:
 def verify_with_keras_model(spec: str, weights: Path) -> None:
     """Build the user's Keras 3 model (``module:function``), load ``weights`` into it, and
     require the same variables at the same paths with the same shapes as Keras would save."""
-    import h5py
-
     model = build_keras_model(spec)
     with tempfile.TemporaryDirectory() as scratch:
         expected_path = Path(scratch) / "expected.weights.h5"
         model.save_weights(str(expected_path))
-        expected = _dataset_shapes(h5py, expected_path)
-    got = _dataset_shapes(h5py, weights)
+        expected = _dataset_shapes(expected_path)
+    got = _dataset_shapes(weights)
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
@@ -213,13 +211,21 @@ def verify_with_keras_model(spec: str, weights: Path) -> None:
             f"--keras-model {spec} rejected the weights: {str(exc).splitlines()[0]}") from exc
 
 
-def _dataset_shapes(h5py: Any, path: Path) -> dict[str, tuple[int, ...]]:
+def _dataset_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import h5py
+
+    from ..readers.h5safe import H5_ERRORS, confine, damaged, open_h5
+
     shapes: dict[str, tuple[int, ...]] = {}
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
             shapes[name] = tuple(obj.shape)
 
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
+    try:
+        with open_h5(path) as f:
+            confine(f)
+            f.visititems(visit)
+    except H5_ERRORS as exc:
+        raise damaged(exc, path) from exc
     return shapes

@@ -12,6 +12,7 @@ Names are escaped so any string is one HDF5 link name: "%" -> "%25", "/" -> "%2F
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -21,10 +22,22 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..budgets import spend_output
 from ..errors import (
+    CkptError,
     CorruptCheckpointError,
     UnsupportedCheckpointError,
     VerificationError,
+)
+from ..readers.h5safe import (
+    H5_ERRORS,
+    budget_for,
+    check_dataset,
+    confine,
+    dataset_at,
+    has_link,
+    open_h5,
+    read_dataset,
 )
 from ..readers.tensor import BIT_CAST_DTYPES, LOGICAL_NUMPY, STORAGE_NUMPY
 
@@ -75,22 +88,33 @@ _VERIFY_CHUNK_BYTES = 32 << 20
 def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
     """Read every written dataset back and compare its crc32 with what was written: the
     weights are committed only when the file on disk holds exactly the source's values.
-    Large datasets are read in slices of rows, so memory stays at one slice."""
-    with h5py.File(path, "r") as f:
-        for dataset_path, expected in checksums.items():
-            dataset = f[dataset_path]
-            if dataset.ndim == 0 or dataset.size == 0:
-                got = checksum(np.asarray(dataset[()]))
-            else:
-                row_bytes = max(1, dataset.nbytes // dataset.shape[0])
-                step = max(1, _VERIFY_CHUNK_BYTES // row_bytes)
-                got = 0
-                for start in range(0, dataset.shape[0], step):
-                    rows = np.ascontiguousarray(dataset[start:start + step])
-                    got = zlib.crc32(rows.view(np.uint8).reshape(-1).data, got)
-                    del rows
-            if got != expected:
-                raise VerificationError(f"verification failed: {dataset_path} read back differently")
+    Large datasets are read in slices of rows, so memory stays at one slice. Read like any
+    other HDF5 input (``readers.h5safe``), though ckptctl has just written it."""
+    try:
+        with open_h5(path) as f:
+            budget = budget_for(f)
+            for dataset_path, expected in checksums.items():
+                dataset = dataset_at(f, dataset_path)
+                check_dataset(dataset, budget)
+                if dataset.ndim == 0 or dataset.size == 0:
+                    got = checksum(read_dataset(dataset, budget))
+                else:
+                    row_bytes = max(1, dataset.nbytes // dataset.shape[0])
+                    step = max(1, _VERIFY_CHUNK_BYTES // row_bytes)
+                    got = 0
+                    for start in range(0, dataset.shape[0], step):
+                        rows = np.ascontiguousarray(dataset[start:start + step])
+                        got = zlib.crc32(rows.view(np.uint8).reshape(-1).data, got)
+                        del rows
+                if got != expected:
+                    raise VerificationError(f"verification failed: {dataset_path} read back differently")
+    except CkptError as exc:
+        if isinstance(exc, VerificationError):
+            raise
+        raise VerificationError(f"verification failed: {exc.message}") from exc
+    except H5_ERRORS as exc:
+        raise VerificationError(f"verification failed: the written weights cannot be read back "
+                                f"({str(exc)[:120]})") from exc
 
 
 def write_tensors(
@@ -113,6 +137,9 @@ def write_tensors(
             if tensor.tie_key is not None and tensor.tie_key in first_link:
                 group[link] = group[first_link[tensor.tie_key]]  # hard link: stored once
                 continue
+            # Charged before it is read: a broadcast view is materialized in full.
+            spend_output(math.prod(tensor.shape) * STORAGE_NUMPY[tensor.dtype].itemsize,
+                         f"tensor {tensor.name[:120]!r}")
             values = tensor.load()
             expected = STORAGE_NUMPY[tensor.dtype]
             if values.dtype != expected or values.shape != tensor.shape:
@@ -135,32 +162,61 @@ def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray
 
     With ``logical`` the arrays carry their real dtype (``ml_dtypes.bfloat16`` …); otherwise
     the stored bits. The second mapping names, for each tied alias, the first name it shares.
+    The file is ``confine``d first (a hostile ``.weights.h5`` can name other files, declare
+    what it does not store, or not follow the layout): every failure is a ``CkptError``.
     """
+    try:
+        with open_h5(path) as f:
+            return _read_tensors(f, logical)
+    except CkptError as exc:
+        if exc.path is None:
+            exc.path = path
+        raise
+    except H5_ERRORS as exc:
+        raise CorruptCheckpointError(f"not a readable HDF5 file ({str(exc)[:120]})", path) from exc
+
+
+def _text_attr(attrs: Any, key: str) -> str | None:
+    value = attrs.get(key)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _read_tensors(f: Any, logical: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     arrays: dict[str, np.ndarray] = {}
     ties: dict[str, str] = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CorruptCheckpointError(f"not a readable HDF5 file ({exc})", path) from exc
-    with f:
-        if f.attrs.get("layout") != LAYOUT:
-            raise UnsupportedCheckpointError(f"not a {LAYOUT} weights file", path)
-        seen: dict[Any, str] = {}
-        group = f["tensors"]
-        for link in group:
-            name = unescape_name(link)
-            dataset = group[link]
-            ident = dataset.id  # equal (and equally hashed) for hard links to one object
-            if ident in seen:
-                ties[name] = seen[ident]
-                arrays[name] = arrays[seen[ident]]
-                continue
-            seen[ident] = name
-            dtype = str(dataset.attrs.get("dtype", dataset.dtype.name))
-            values = dataset[()]
-            if not isinstance(values, np.ndarray):
-                values = np.asarray(values, dtype=dataset.dtype)
-            if logical and dtype in BIT_CAST_DTYPES:
-                values = values.view(LOGICAL_NUMPY[dtype])
-            arrays[name] = values
+    if _text_attr(f.attrs, "layout") != LAYOUT:
+        raise UnsupportedCheckpointError(f"not a {LAYOUT} weights file")
+    confine(f)  # after it, names resolve inside the file
+    group = f["tensors"] if has_link(f, "tensors") else None
+    if not isinstance(group, h5py.Group):
+        raise CorruptCheckpointError(f"a {LAYOUT} file without a tensors group")
+    budget = budget_for(f)
+    seen: dict[Any, str] = {}
+    for link in group:
+        name = unescape_name(link)
+        dataset = group[link]
+        if not isinstance(dataset, h5py.Dataset):
+            raise CorruptCheckpointError(f"tensors/{link[:120]} is not a dataset")
+        ident = dataset.id  # equal (and equally hashed) for hard links to one object
+        if ident in seen:
+            ties[name] = seen[ident]
+            arrays[name] = arrays[seen[ident]]
+            continue
+        seen[ident] = name
+        dtype = _text_attr(dataset.attrs, "dtype")
+        if dtype is None:
+            if "dtype" in dataset.attrs:
+                raise CorruptCheckpointError(f"tensor {name[:120]!r} has a malformed dtype attribute")
+            dtype = dataset.dtype.name
+        stored = STORAGE_NUMPY.get(dtype)
+        if stored is None or dataset.dtype != stored:
+            raise CorruptCheckpointError(
+                f"tensor {name[:120]!r} is stored as {dataset.dtype}, not as ckptctl stores "
+                f"{dtype[:40]}")
+        values = read_dataset(dataset, budget)
+        if logical and dtype in BIT_CAST_DTYPES:
+            values = values.view(LOGICAL_NUMPY[dtype])
+        arrays[name] = values
     return arrays, ties

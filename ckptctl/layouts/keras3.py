@@ -25,6 +25,7 @@ framework-neutral ``ckptctl-tensors`` layout: a wrong ``keras3`` label is never 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from ..budgets import spend_output
 from ..errors import CkptError, VerificationError
+from ..readers.tensor import STORAGE_NUMPY
 
 _RNN = ("kernel", "recurrent_kernel", "bias")
 _DENSE = ("kernel", "bias")
@@ -501,6 +504,9 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
             group = f.require_group(group_path)
             if item.layer_name and "name" not in group.attrs:
                 group.attrs["name"] = item.layer_name
+            dtype = STORAGE_NUMPY.get(item.variable.dtype)
+            spend_output(math.prod(item.variable.shape) * (dtype.itemsize if dtype else 1),
+                         f"variable {item.variable.source_key[:120]!r}")  # before it is read
             values = item.variable.load()
             if tuple(values.shape) != item.variable.shape:
                 raise VerificationError(f"variable {item.variable.source_key} read back with shape {values.shape}")

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..atomic import fsync_dir, fsync_file, temp_path_for, write_atomic
+from ..budgets import output_budget
 from ..discovery import discover
 from ..errors import (
     CkptError,
@@ -339,7 +340,8 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
             source_hash = pool.submit(sha256_files, opened.files)
             weights: _Weights | None = None
             if plan.write is not None:
-                weights = _write_weights(plan, outputs.weights, weights_tmp, pool)
+                with output_budget(before.size_bytes):  # bytes written ~ bytes stored
+                    weights = _write_weights(plan, outputs.weights, weights_tmp, pool)
             source_sha256 = source_hash.result()
             if fingerprint(source, fmt) != before:
                 raise SourceChangedError("source changed while it was being converted; run again")
@@ -383,14 +385,13 @@ def _refuse_foreign_file(weights_path: Path) -> None:
     """Never replace a weights file ckptctl did not write (e.g. a Keras 3 native one)."""
     if not weights_path.exists():
         return
+    from ..readers.h5safe import H5_ERRORS, open_h5
     from ..readers.keras_files import is_ckptctl_h5
 
     try:
-        import h5py
-
-        with h5py.File(weights_path, "r") as f:
+        with open_h5(weights_path) as f:  # root attributes only: nothing is resolved
             ours = is_ckptctl_h5(f.attrs)
-    except OSError:
+    except H5_ERRORS:
         ours = False
     if not ours:
         raise OutputConflictError(f"{weights_path.name} exists and was not written by ckptctl; "

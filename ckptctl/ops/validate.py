@@ -155,4 +155,18 @@ def check_sidecar(sidecar_path: Path, deep: bool, strict: bool = False,
             problems.append(("corrupt", f"weights {sidecar.weights_path} size differs from the sidecar"))
         elif deep and sha256_file(weights) != sidecar.weights.sha256:
             problems.append(("corrupt", f"weights {sidecar.weights_path} do not match their sha256"))
+        elif deep:
+            problems.extend(_unconfined(weights, sidecar.weights_path))
     return problems
+
+
+def _unconfined(weights: Path, shown: str) -> list[tuple[ErrorKind, str]]:
+    """A weights file whose sidecar was rewritten to match it must still be one that reads
+    nothing outside itself and stores what it declares (``readers.h5safe``)."""
+    from ..readers.h5safe import check_file
+
+    try:
+        check_file(weights)
+    except CkptError as exc:
+        return [(exc.kind, f"weights {shown}: {exc.message}")]
+    return []

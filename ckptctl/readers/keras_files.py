@@ -28,20 +28,23 @@ def is_ckptctl_h5(attrs: object) -> bool:
 
 def h5_kind(path: Path) -> str | None:
     """The kind of an HDF5 file (see module doc), or None for HDF5 that is not Keras'."""
-    import h5py  # h5py is a core dependency; imported here to keep discovery of torch fast
+    # h5py (a core dependency) is imported by h5safe on first use, to keep discovery of torch
+    # fast. Only root attributes and root link names are read: nothing is resolved (an
+    # external link must not be followed, not even to sniff); readers ``confine`` the file.
+    from .h5safe import H5_ERRORS, has_link, open_h5
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             attrs = f.attrs
             if is_ckptctl_h5(attrs):
                 return "ckptctl-output"
-            if "model_weights" in f or ("keras_version" in attrs and "model_config" in attrs):
+            if has_link(f, "model_weights") or ("keras_version" in attrs and "model_config" in attrs):
                 return "keras2-h5-model"
             if "layer_names" in attrs:
                 return "keras2-h5-weights"
-            if "layers" in f or "vars" in f:
+            if has_link(f, "layers") or has_link(f, "vars"):
                 return "keras3-weights-h5"
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError):
+    except H5_ERRORS:
         return "broken-h5"
     return None
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError
 from ..layouts.keras3 import KLayer, KVariable, Unmappable, all_variables, role_of
+from .h5safe import H5_ERRORS, budget_for, confine, dataset_at, open_h5, read_dataset
 from .tensor import STORAGE_NUMPY
 from .tf_index import ObjectGraph, TFIndexCheckpoint
 
@@ -307,10 +308,6 @@ def _texts(values: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).tolist()]
 
 
-#: What h5py raises on damaged files (it has no error type of its own).
-H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError)
-
-
 def h5_attrs(path: Path) -> dict[str, Any]:
     try:
         return _h5_attrs(path)
@@ -319,11 +316,11 @@ def h5_attrs(path: Path) -> dict[str, Any]:
 
 
 def _h5_attrs(path: Path) -> dict[str, Any]:
-    """keras_version, backend and training_config (parsed JSON) of a Keras 2 HDF5 file."""
-    import h5py
-
+    """keras_version, backend and training_config (parsed JSON) of a Keras 2 HDF5 file,
+    which is refused first unless it is confined (``h5safe.confine``)."""
     info: dict[str, Any] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
+        confine(f)
         for key in ("keras_version", "backend"):
             if key in f.attrs:
                 value = f.attrs[key]
@@ -398,9 +395,8 @@ def keras_model_from_h5(path: Path) -> KLayer:
 
 
 def _keras_model_from_h5(path: Path) -> KLayer:
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
+        confine(f)  # every name below resolves inside the file
         root = f.get("model_weights", f)
         layer_names = _chunked(root.attrs, "layer_names")
         if not layer_names:
@@ -429,9 +425,8 @@ def h5_every_weight(path: Path) -> list[KVariable]:
     without interpreting the structure: what the ``ckptctl-tensors`` fallback writes when no
     layer tree can be built (a subclassed model's attributes, a config that lies)."""
     try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
+            confine(f)
             root = f.get("model_weights", f)
             return [_h5_variable(path, root[layer_name], weight_name).variable
                     for layer_name in _chunked(root.attrs, "layer_names")
@@ -525,13 +520,12 @@ def _h5_nested_by_names(layer_name: str, weights: list[_H5Weight]) -> KLayer:
 
 def _h5_loader(path: Path, dataset_path: str) -> Any:
     def load() -> np.ndarray:
-        import h5py
-
+        # The file is opened again for each weight (and may have changed since it was
+        # confined): the dataset is resolved link by link and checked before it is read.
         try:
-            with h5py.File(path, "r") as f:
-                values = f[dataset_path][()]
+            with open_h5(path) as f:
+                return read_dataset(dataset_at(f, dataset_path), budget_for(f))
         except H5_ERRORS as exc:
             raise CorruptCheckpointError(f"damaged dataset {dataset_path} ({str(exc)[:80]})", path) from exc
-        return np.asarray(values)
 
     return load

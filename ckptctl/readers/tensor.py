@@ -43,12 +43,41 @@ DTYPES_BY_STORAGE_CLASS: dict[str, str] = {
 }
 
 
+#: Quantized storages (``torch.quantize_per_tensor`` …): recognised, so a quantized tensor is
+#: reported as such, but never converted (their values need their quantizer).
+QUANTIZED_STORAGE_CLASSES: dict[str, str] = {
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+}
+_QUANTIZED_ITEMSIZE = {"qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1}
+QUANTIZED_DTYPES = frozenset(_QUANTIZED_ITEMSIZE)
+
+
 def itemsize(dtype: str) -> int:
-    return STORAGE_NUMPY[dtype].itemsize
+    numpy_dtype = STORAGE_NUMPY.get(dtype)
+    return numpy_dtype.itemsize if numpy_dtype is not None else _QUANTIZED_ITEMSIZE[dtype]
 
 
 #: A view may be larger than its storage only by broadcasting (zero strides); cap that.
+#: (The bytes a whole checkpoint may write are budgeted by its writer: ``ckptctl.budgets``.)
 MAX_BROADCAST_BYTES = 256 << 20
+#: No array (numpy's, torch's, an HDF5 read's) can span more bytes than this, even an empty
+#: one: numpy multiplies the non-zero dimensions and refuses past it.
+MAX_EXTENT_BYTES = (1 << 63) - 1
+
+
+def check_extent(shape: tuple[int, ...], item: int, what: str = "tensor") -> None:
+    """Refuse a shape no array can have: its non-zero dimensions times ``item`` bytes past
+    ``MAX_EXTENT_BYTES``. ``(0, 2**32, 2**32)`` holds no element, yet neither numpy nor torch
+    can make it (torch cannot save it): a crafted record, refused before any array is made."""
+    extent = item
+    for n in shape:
+        if n:
+            extent *= n
+            if extent > MAX_EXTENT_BYTES:
+                raise CorruptCheckpointError(
+                    f"{what} of shape {list(shape)[:8]} cannot be held by any array (its "
+                    "non-zero dimensions span more than 2**63 bytes)")
 
 
 class _Sealed:
@@ -130,13 +159,12 @@ class LazyTensor(_Sealed):
                 )
         elif self.offset > count:
             raise CorruptCheckpointError("tensor offset lies outside its storage")
+        check_extent(self.shape, item)
         np_dtype = STORAGE_NUMPY[self.dtype]
         if big_endian and np_dtype.itemsize > 1:
             np_dtype = np_dtype.newbyteorder(">")
         typed = raw[: count * item].view(np_dtype)
         if self.numel == 0:
-            if any(n > 1 << 40 for n in self.shape):
-                raise CorruptCheckpointError("empty tensor record has an absurd dimension")
             return np.empty(self.shape, dtype=STORAGE_NUMPY[self.dtype])
         try:
             view = np.lib.stride_tricks.as_strided(

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
 from ..safeio import open_regular
 from .protowire import WireFormatError, iter_fields, read_varint
-from .tensor import STORAGE_NUMPY
+from .tensor import STORAGE_NUMPY, check_extent
 
 # --- SSTable layout (LevelDB table format, as used by tensorflow/core/lib/io/table) --------
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -599,6 +599,12 @@ class TFIndexCheckpoint:
                 raise CorruptCheckpointError(
                     f"tensor {entry.name!r} lives in shard {entry.shard_id}, but there are only "
                     f"{self.num_shards}", self.index_path)
+            item = STORAGE_NUMPY[entry.dtype].itemsize if entry.dtype in STORAGE_NUMPY else 1
+            try:
+                check_extent(entry.shape, item, f"tensor {entry.name[:120]!r}")
+            except CkptError as exc:
+                exc.path = self.index_path
+                raise
             if entry.dtype in READABLE_DTYPES:
                 need = entry.numel * STORAGE_NUMPY[entry.dtype].itemsize
                 if entry.size != need:

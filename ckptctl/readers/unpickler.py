@@ -11,12 +11,18 @@ silently handed a half-read file.
 Tensors are never materialised here: ``_rebuild_tensor_v2``/``_v3`` produce ``LazyTensor``
 records (storage key, dtype, offset, shape, stride) that the container reader resolves to
 memory-mapped bytes later.
+
+Work is budgeted (``ckptctl.budgets``): the structural pre-pass charges opcodes, hashing and
+calls; the allowed constructors here charge the elements and bytes they materialize (a
+``set`` of a referenced list, ``bytes`` of a referenced buffer, a numpy array) against the
+same budget, so memo references cannot make a small pickle build gigabytes.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextvars
 import datetime
 import io
 import math
@@ -29,11 +35,19 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, UnsafePickleError, UnsupportedCheckpointError
+from ..budgets import pickle_work_exceeded, pickle_work_limit
+from ..errors import (
+    BudgetExceededError,
+    CorruptCheckpointError,
+    UnsafePickleError,
+    UnsupportedCheckpointError,
+)
 from .pickle_guard import guard_pickle
 from .tensor import (
     DTYPES_BY_STORAGE_CLASS,
     DTYPES_BY_TORCH_NAME,
+    QUANTIZED_DTYPES,
+    QUANTIZED_STORAGE_CLASSES,
     LazyTensor,
     StorageRef,
     _Sealed,
@@ -84,12 +98,19 @@ _DANGEROUS_PREFIXES = ("torch._C", "torch.ops", "torch.hub", "torch.utils", "tor
                        "numpy.loadtxt", "numpy.genfromtxt", "numpy.tofile")
 
 
+#: Globals inside a dangerous prefix that torch's own weights-only loader allows and that
+#: ckptctl replaces with an inert function (``_SAFE_FUNCTIONS``).
+_ALLOWED_DESPITE_PREFIX = frozenset({("torch.serialization", "_get_layout")})
+
+
 def is_dangerous_global(module: str, name: str) -> bool:
     """True for globals that can run code, reach the OS or read files.
 
     Dotted names (``STACK_GLOBAL "pathlib" "os.system"``) are judged on every component, so
     an attribute walk through an innocent-looking module is caught too.
     """
+    if (module, name) in _ALLOWED_DESPITE_PREFIX:
+        return False
     if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 spellings: judge both
         mapped = _compat_pickle.NAME_MAPPING[(module, name)]
         if is_dangerous_global(*mapped):
@@ -192,6 +213,13 @@ class TorchDType(_Sealed):
 
 
 @dataclass(frozen=True, slots=True)
+class TorchLayout(_Sealed):
+    """A ``torch.layout`` value (``torch.sparse_coo`` …), as torch pickles it: a name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnsupportedTensor(_Sealed):
     """A tensor kind ckptctl cannot rebuild (quantized, sparse, nested …)."""
 
@@ -287,6 +315,7 @@ class NpArrayRecord(_Sealed):
             raise CorruptCheckpointError("pickle builds a numpy array with a bad shape")
         if math.prod(shape) * dtype.dtype.itemsize != len(raw):
             raise CorruptCheckpointError("pickle builds a numpy array from the wrong byte count")
+        _budget().spend(len(raw))
         values = np.frombuffer(bytes(raw), dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
         object.__setattr__(self, "array", values)
 
@@ -320,40 +349,202 @@ def _np_scalar(dtype: Any, data: Any = None) -> Any:
     if not isinstance(dtype, NpDTypeRecord) or not isinstance(data, bytes | bytearray) \
             or len(data) != dtype.dtype.itemsize:
         raise CorruptCheckpointError("pickle builds a malformed numpy scalar")
-    return np.frombuffer(bytes(data), dtype=dtype.dtype)[0]
+    return _budget().note_value(np.frombuffer(bytes(data), dtype=dtype.dtype)[0])
+
+
+# --- the work budget of one load -------------------------------------------------------------
+
+#: Steps charged per element an allowed constructor materializes (a set entry, an
+#: OrderedDict pair, an int turned into a byte): roughly its bytes of memory.
+_ELEMENT_STEPS = 8
+#: Distinct values of one hash that constructors may create (complex and numpy numbers hash
+#: by value; ``2**61 - 1`` apart, integers hash alike). Real checkpoints hold one or two; many
+#: would make any dict keyed by them quadratic.
+_MAX_SAME_HASH = 64
+
+
+class LoadBudget:
+    """The work one ``restricted_load`` may still do (``ckptctl.budgets``): the structural
+    pre-pass's charges continued by what the allowed constructors materialize."""
+
+    def __init__(self, size: int, spent: int = 0) -> None:
+        self.size = size
+        self.work = spent
+        self.limit = pickle_work_limit(size)
+        self._values: dict[int, Any] = {}
+
+    def spend(self, steps: int) -> None:
+        self.work += steps
+        if self.work > self.limit:
+            raise pickle_work_exceeded(self.size)
+
+    def hashing(self, items: Any) -> None:
+        """Charge hashing every item of ``items`` into one set or dict: each item's own
+        cost (a tuple hashes its elements, through shared references: a DAG costs its
+        size as a tree), counted before anything is hashed, then a probe past each earlier
+        item of the same hash."""
+        self.spend(len(items))
+        types = set(map(type, items))  # the common cases stay in C: strings, small ints
+        if types <= _FLAT_HASH_TYPES:
+            pass
+        elif types <= {int, bool}:
+            self.spend(sum(map(int.bit_length, items)) // 64)
+        else:
+            known: dict[int, int] = {}  # id -> cost of the tuples already counted
+            for item in items:
+                self.spend(_hash_steps(item, known) - 1)
+        shared = collections.Counter(map(hash, items))  # affordable: charged above
+        self.spend(sum(n * (n - 1) // 2 for n in shared.values() if n > 1))
+
+    def note_value(self, value: Any) -> Any:
+        """Record a number built by value (complex, numpy scalar): refuse the pickle when
+        more than ``_MAX_SAME_HASH`` distinct ones share a hash. Returns ``value``."""
+        digest = hash(value)
+        seen = self._values.get(digest)
+        if seen is None:
+            self._values[digest] = value
+        elif isinstance(seen, _SameHash):
+            seen.add(value)
+            if len(seen) > _MAX_SAME_HASH:
+                raise BudgetExceededError(
+                    f"{len(seen)} distinct numbers with one hash",
+                    f"the {_MAX_SAME_HASH} a pickle may build (dict keys that all collide)")
+        elif not _same(seen, value):
+            self._values[digest] = _SameHash((seen, value))
+        return value
+
+
+#: Types whose hash is one step (cached, or a few machine words).
+_FLAT_HASH_TYPES = frozenset({str, bytes, float, bool, type(None), complex})
+
+
+def _hash_steps(item: Any, known: dict[int, int]) -> int:
+    """What hashing ``item`` costs, in steps: tuples walk their elements (a tuple holding
+    two references to the one below it, 40 levels deep, costs 2**41), frozensets their
+    cached entries, integers their digits. Each distinct tuple is visited once (``known``
+    keeps their costs by id), so counting a DAG is linear in its size."""
+    if not isinstance(item, tuple):
+        return _scalar_steps(item)
+    pending: list[tuple[tuple[Any, ...], bool]] = [(item, False)]
+    while pending:
+        node, expanded = pending.pop()
+        if id(node) in known:
+            continue
+        children = [c for c in node if isinstance(c, tuple) and id(c) not in known]
+        if expanded or not children:
+            known[id(node)] = 1 + sum(known[id(c)] if isinstance(c, tuple) else _scalar_steps(c)
+                                      for c in node)
+        else:
+            pending.append((node, True))
+            pending.extend((c, False) for c in children)
+    return known[id(item)]
+
+
+def _scalar_steps(value: Any) -> int:
+    if isinstance(value, int):
+        return 1 + value.bit_length() // 64
+    if isinstance(value, frozenset):
+        return 1 + len(value)
+    return 1
+
+
+class _SameHash(set):  # type: ignore[type-arg]
+    """Distinct values seen with one hash."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+_BUDGET: contextvars.ContextVar[LoadBudget | None] = contextvars.ContextVar(
+    "ckptctl_load_budget", default=None)
+
+
+def _budget() -> LoadBudget:
+    """The budget of the load in progress (a fresh floor budget outside any load)."""
+    budget = _BUDGET.get()
+    return budget if budget is not None else LoadBudget(0)
+
+
+#: ``bytes``/``bytearray``/``_codecs.encode`` text encodings: the ones pickles use (latin-1
+#: for Python 2 ``str`` and protocol 0-2 ``bytes``, utf-8, ascii). Others (punycode, idna …)
+#: are refused: some are quadratic in the text's length.
+_ENCODINGS = {"latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1",
+              "iso8859-1": "latin-1", "l1": "latin-1", "utf-8": "utf-8", "utf8": "utf-8",
+              "ascii": "ascii", "us-ascii": "ascii"}
+
+
+def _encoding(name: Any, what: str) -> str:
+    canonical = _ENCODINGS.get(name.lower().replace("_", "-")) if isinstance(name, str) else None
+    if canonical is None:
+        raise UnsupportedCheckpointError(
+            f"refused: the pickle builds {what} with the text encoding {str(name)[:40]!r} "
+            "(only latin-1, utf-8 and ascii are read; others can take quadratic time)")
+    return canonical
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    _budget().spend(len(text))
+    return text.encode(encoding)
 
 
 # --- builtins that could allocate from a size alone are wrapped to take data only ---------
 
 
 def _concrete(value: Any, what: str) -> Any:
+    """``value`` when it is data (never a size or an iterator); its materializing charged."""
     if not isinstance(value, list | tuple | set | frozenset | bytes | bytearray | str):
         raise CorruptCheckpointError(f"pickle builds a {what} from {type(value).__name__}")
+    _budget().spend(len(value) * (1 if isinstance(value, bytes | bytearray | str) else _ELEMENT_STEPS))
     return value
 
 
 def _safe_set(items: Any = ()) -> set[Any]:
-    return set(_concrete(items, "set"))
+    items = _concrete(items, "set")
+    _budget().hashing(items)
+    return set(items)
 
 
 def _safe_frozenset(items: Any = ()) -> frozenset[Any]:
-    return frozenset(_concrete(items, "frozenset"))
+    items = _concrete(items, "frozenset")
+    _budget().hashing(items)
+    return frozenset(items)
 
 
 def _safe_bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     if isinstance(data, str):
-        return bytearray(data, encoding if isinstance(encoding, str) else "latin1")
+        return bytearray(_encode(data, _encoding("latin1" if encoding is None else encoding,
+                                                 "a bytearray")))
     return bytearray(_concrete(data, "bytearray"))
 
 
 def _safe_bytes(data: Any = b"", encoding: Any = None) -> bytes:
-    return bytes(_safe_bytearray(data, encoding))
+    if isinstance(data, str):
+        return _encode(data, _encoding("latin1" if encoding is None else encoding, "bytes"))
+    return bytes(_concrete(data, "bytes"))
+
+
+def _safe_ordered_dict(*args: Any) -> SafeOrderedDict:
+    """``OrderedDict()`` as torch pickles it, or ``OrderedDict([[k, v], ...])`` as Python 2
+    pickled it: pairs only, charged like a set of their keys."""
+    if len(args) > 1:
+        raise CorruptCheckpointError("pickle builds an OrderedDict from several arguments")
+    if not args:
+        return SafeOrderedDict()
+    pairs = _concrete(args[0], "OrderedDict")
+    if not all(isinstance(pair, list | tuple) and len(pair) == 2 for pair in pairs):
+        raise CorruptCheckpointError("pickle builds an OrderedDict from something not pairs")
+    _budget().hashing([pair[0] for pair in pairs])
+    return SafeOrderedDict(pairs)
 
 
 def _safe_complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (real, imag)):
         raise CorruptCheckpointError("pickle builds a complex number from non-numbers")
-    return complex(real, imag)
+    return cast(complex, _budget().note_value(complex(real, imag)))
 
 
 def _safe_slice(*args: Any) -> slice:
@@ -382,7 +573,7 @@ def _check_shape(size: Any, stride: Any) -> tuple[tuple[int, ...], tuple[int, ..
 def _rebuild_tensor(
     storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: str | None = None,
     requires_grad: bool = False,
-) -> LazyTensor:
+) -> LazyTensor | UnsupportedTensor:
     if not isinstance(storage, StorageRef):
         raise CorruptCheckpointError("tensor record does not point at a storage")
     if not isinstance(storage_offset, int) or storage_offset < 0:
@@ -391,20 +582,22 @@ def _rebuild_tensor(
     tensor_dtype = dtype or storage.dtype
     if tensor_dtype is None:
         raise CorruptCheckpointError("tensor record has no dtype")
+    if tensor_dtype in QUANTIZED_DTYPES:
+        return UnsupportedTensor("quantized tensor", (tensor_dtype, shape))
     return LazyTensor(storage, tensor_dtype, storage_offset, shape, strides, bool(requires_grad))
 
 
 def _rebuild_tensor_v2(
     storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
     backward_hooks: Any = None, metadata: Any = None,
-) -> LazyTensor:
+) -> LazyTensor | UnsupportedTensor:
     return _rebuild_tensor(storage, storage_offset, size, stride, None, requires_grad)
 
 
 def _rebuild_tensor_v3(
     storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
     backward_hooks: Any, dtype: Any, metadata: Any = None,
-) -> LazyTensor:
+) -> LazyTensor | UnsupportedTensor:
     if not isinstance(dtype, TorchDType) or dtype.name not in DTYPES_BY_TORCH_NAME:
         raise UnsupportedCheckpointError(f"tensor dtype {dtype!r} is not supported")
     return _rebuild_tensor(storage, storage_offset, size, stride, dtype.name, requires_grad)
@@ -438,18 +631,32 @@ def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return inert_type("copyreg", "_reconstructor")(cls, base, state)
 
 
-def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
     # Protocol 2 spells ``bytes`` values as encode(str, "latin1"): only that use is allowed.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+    if not isinstance(text, str) or errors != "strict":
         raise CorruptCheckpointError("pickle uses _codecs.encode in an unexpected way")
-    return text.encode(encoding)
+    return _encode(text, _encoding(encoding, "bytes"))
 
 
 def _torch_size(*args: Any) -> tuple[Any, ...]:
-    values = tuple(args[0]) if len(args) == 1 and isinstance(args[0], tuple | list) else args
+    values = args
+    if len(args) == 1 and isinstance(args[0], tuple | list):
+        values = tuple(_concrete(args[0], "torch.Size"))
     if not all(isinstance(v, int) for v in values):
         raise CorruptCheckpointError("pickle builds a malformed torch.Size")
     return values
+
+
+#: ``torch.serialization._get_layout``'s names (torch's own table).
+_LAYOUTS = frozenset({"torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
+                      "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"})
+
+
+def _torch_layout(name: Any) -> TorchLayout:
+    """``torch.serialization._get_layout("torch.sparse_coo")``: a layout, kept as its name."""
+    if not isinstance(name, str) or name not in _LAYOUTS:
+        raise CorruptCheckpointError(f"pickle names an unknown torch layout {str(name)[:40]!r}")
+    return TorchLayout(name)
 
 
 def _torch_device(*args: Any) -> str:
@@ -461,7 +668,7 @@ def _torch_device(*args: Any) -> str:
 
 
 _SAFE_FUNCTIONS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): SafeOrderedDict,
+    ("collections", "OrderedDict"): _safe_ordered_dict,
     ("collections", "defaultdict"): _safe_defaultdict,
     ("builtins", "set"): _safe_set,
     ("builtins", "frozenset"): _safe_frozenset,
@@ -490,6 +697,7 @@ _SAFE_FUNCTIONS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _codecs_encode,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
+    ("torch.serialization", "_get_layout"): _torch_layout,
     ("numpy", "dtype"): _np_dtype,
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
@@ -518,6 +726,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.unknown: set[str] = set()
         self._persistent = persistent_load
         self._inert: dict[tuple[str, str], type[InertObject]] = {}
+        #: the pickle's length and the work its load cost (``LoadBudget``), once loaded
+        self.pickle_bytes = 0
+        self.work = 0
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -541,6 +752,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch":
             if name in DTYPES_BY_STORAGE_CLASS:
                 return StorageType(DTYPES_BY_STORAGE_CLASS[name])
+            if name in QUANTIZED_STORAGE_CLASSES:
+                return StorageType(QUANTIZED_STORAGE_CLASSES[name])
             if name in DTYPES_BY_TORCH_NAME:
                 return TorchDType(name)
         if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage"):
@@ -617,21 +830,27 @@ def restricted_load(
     if not isinstance(stream, io.BytesIO | BoundedReader) and hasattr(stream, "fileno"):
         stream = BoundedReader(stream, os.fstat(stream.fileno()).st_size)
     start = stream.tell()
-    guard_pickle(stream, is_dangerous_global)  # nothing is built from a pickle that fails it
+    cost = guard_pickle(stream, is_dangerous_global)  # nothing is built from a pickle that fails it
     stream.seek(start)
     unpickler = RestrictedUnpickler(stream, persistent_load)
+    budget = LoadBudget(cost.size, cost.work)
+    token = _BUDGET.set(budget)
     try:
         obj = unpickler.load()
+        unpickler.pickle_bytes, unpickler.work = budget.size, budget.work
     except Exception as exc:  # any failure on hostile bytes is a corrupt file...
         if unpickler.dangerous:  # ...but a dangerous global seen on the way is named first
             raise UnsafePickleError(unpickler.dangerous) from exc
-        if isinstance(exc, UnsafePickleError | CorruptCheckpointError | UnsupportedCheckpointError):
+        if isinstance(exc, UnsafePickleError | CorruptCheckpointError | UnsupportedCheckpointError
+                      | BudgetExceededError):
             raise
         if isinstance(exc, RecursionError):
             raise CorruptCheckpointError("pickle nests too deeply") from exc
         if isinstance(exc, MemoryError):
             raise CorruptCheckpointError("pickle asks for more memory than it can hold") from exc
         raise CorruptCheckpointError(f"unreadable pickle ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    finally:
+        _BUDGET.reset(token)
     if unpickler.dangerous:
         raise UnsafePickleError(unpickler.dangerous)
     return obj, unpickler

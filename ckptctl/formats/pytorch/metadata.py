@@ -8,17 +8,20 @@ and inert stand-ins); nothing here runs code from the checkpoint.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...budgets import PLAIN_MAX_NODES, PLAIN_MAX_TEXT, size_text
+from ...errors import BudgetExceededError
 from ...metadata import Gathered, architecture
 from ...readers.tensor import LazyTensor
-from ...readers.unpickler import InertObject, NpArrayRecord, UnsupportedTensor
+from ...readers.unpickler import InertObject, NpArrayRecord, TorchLayout, UnsupportedTensor
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "optimizers")
@@ -35,38 +38,77 @@ ScalarReader = Callable[[LazyTensor], float | int | bool | None]
 
 # --- turning an unpickled object graph into plain data -----------------------------------
 
+#: Containers nested deeper than this become "<nested too deeply>".
+_MAX_PLAIN_DEPTH = 12
 
-def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0) -> Any:
-    """JSON/YAML-safe plain data; tensors become scalars (when 1 element) or a summary."""
-    if depth > 12:
+
+class PlainBudget:
+    """Values and text one checkpoint's metadata may expand to (``ckptctl.budgets``).
+
+    The object graph is a DAG: memo references let a 2.5 KB pickle hold a list whose items
+    are all the one list below it, 40 levels deep, which as a tree has 200**12 values within
+    the depth cut. Each value converted is counted, so such a graph is refused, not walked."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.text = 0
+
+    def spend(self, text: int = 0) -> None:
+        self.nodes += 1
+        self.text += text
+        if self.nodes > PLAIN_MAX_NODES:
+            raise BudgetExceededError(
+                "the metadata this checkpoint holds", f"the {PLAIN_MAX_NODES:,} values a sidecar "
+                "takes from one checkpoint (shared references expand without bound?)")
+        if self.text > PLAIN_MAX_TEXT:
+            raise BudgetExceededError(
+                "the text of the metadata this checkpoint holds",
+                f"the {size_text(PLAIN_MAX_TEXT)} a sidecar takes from one checkpoint")
+
+
+def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0,
+             budget: PlainBudget | None = None) -> Any:
+    """JSON/YAML-safe plain data; tensors become scalars (when 1 element) or a summary.
+
+    Containers are cut at ``_MAX_PLAIN_ITEMS`` items and ``_MAX_PLAIN_DEPTH`` levels; every
+    value converted is charged to ``budget`` (one per call when None)."""
+    budget = budget if budget is not None else PlainBudget()
+    if depth > _MAX_PLAIN_DEPTH:
+        budget.spend()
         return "<nested too deeply>"
-    if obj is None or isinstance(obj, bool | str):
-        return obj if not isinstance(obj, str) or len(obj) <= 10_000 else obj[:10_000] + "…"
+    if isinstance(obj, str):
+        text = obj if len(obj) <= 10_000 else obj[:10_000] + "…"
+        budget.spend(len(text))
+        return text
+    budget.spend()
+    if obj is None or isinstance(obj, bool):
+        return obj
     if isinstance(obj, int):
         return obj if obj.bit_length() <= 64 else f"<int of {obj.bit_length()} bits>"
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, np.generic):
-        return to_plain(obj.item(), read_scalar, depth)
+        return to_plain(obj.item(), read_scalar, depth, budget)
     if isinstance(obj, LazyTensor):
         if obj.numel == 1 and read_scalar is not None:
-            return to_plain(read_scalar(obj), read_scalar, depth)
+            return to_plain(read_scalar(obj), read_scalar, depth, budget)
         return f"<tensor {obj.dtype}{list(obj.shape)}>"
     if isinstance(obj, np.ndarray):
         if obj.size <= 16 and obj.dtype.kind in "biuf":
-            return to_plain(obj.tolist(), read_scalar, depth + 1)
+            return to_plain(obj.tolist(), read_scalar, depth + 1, budget)
         return f"<ndarray {obj.dtype}{list(obj.shape)}>"
     if isinstance(obj, Mapping):
-        items = list(obj.items())[:_MAX_PLAIN_ITEMS]
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in items}
+        return _plain_mapping(obj.items(), read_scalar, depth, budget)
     if isinstance(obj, list | tuple | set | frozenset):
-        return [to_plain(v, read_scalar, depth + 1) for v in list(obj)[:_MAX_PLAIN_ITEMS]]
+        return _plain_list(obj, read_scalar, depth, budget)
     if isinstance(obj, InertObject):
-        return inert_to_plain(obj, read_scalar, depth)
+        return inert_to_plain(obj, read_scalar, depth, budget)
     if isinstance(obj, bytes | bytearray):
         return f"<{len(obj)} bytes>"
     if isinstance(obj, NpArrayRecord):
-        return to_plain(obj.array, read_scalar, depth) if obj.array is not None else "<ndarray>"
+        return to_plain(obj.array, read_scalar, depth, budget) if obj.array is not None else "<ndarray>"
+    if isinstance(obj, TorchLayout):
+        return obj.name
     if isinstance(obj, complex):
         return str(obj)
     if isinstance(obj, _dt.datetime | _dt.date | _dt.time | _dt.timedelta):
@@ -74,32 +116,62 @@ def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0) 
     return f"<{type(obj).__name__}>"  # never str() an unknown object: it may recurse or blow up
 
 
-def _key(key: Any) -> str:
-    plain = to_plain(key, None, 11)
+def _plain_mapping(items: Iterable[tuple[Any, Any]], read_scalar: ScalarReader | None,
+                   depth: int, budget: PlainBudget, skip_private: bool = False,
+                   limit: int | None = _MAX_PLAIN_ITEMS) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for key, value in itertools.islice(items, limit):
+        name = _key(key, budget)
+        if not (skip_private and name.startswith("_")):
+            plain[name] = to_plain(value, read_scalar, depth + 1, budget)
+    return plain
+
+
+def _plain_list(values: Iterable[Any], read_scalar: ScalarReader | None, depth: int,
+                budget: PlainBudget, limit: int | None = _MAX_PLAIN_ITEMS) -> list[Any]:
+    return [to_plain(v, read_scalar, depth + 1, budget) for v in itertools.islice(values, limit)]
+
+
+def _key(key: Any, budget: PlainBudget | None = None) -> str:
+    plain = to_plain(key, None, _MAX_PLAIN_DEPTH - 1, budget)
     return plain if isinstance(plain, str) else str(plain)[:200]
 
 
-def inert_to_plain(obj: InertObject, read_scalar: ScalarReader | None, depth: int) -> Any:
-    """Readable data from a stand-in: Namespace/AttributeDict/DictConfig become mappings."""
+def text_of(value: Any) -> str:
+    """A key or name as text: ``str()`` of strings and numbers, without the ways ``str()``
+    fails on hostile values (a 5,000-digit integer, a tuple nested 1,000 deep)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | float) or value is None or (
+            isinstance(value, int) and value.bit_length() <= 64):
+        return str(value)
+    return _key(value)
+
+
+def inert_to_plain(obj: InertObject, read_scalar: ScalarReader | None, depth: int,
+                   budget: PlainBudget | None = None) -> Any:
+    """Readable data from a stand-in: Namespace/AttributeDict/DictConfig become mappings
+    (whole: only the budget bounds them, where plain containers are cut at 200 items)."""
+    budget = budget if budget is not None else PlainBudget()
     state = obj.state
     if obj.type_name.startswith("omegaconf.") and isinstance(state, dict):
         content = state.get("_content")
         if isinstance(content, dict):
-            return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in content.items()}
+            return _plain_mapping(content.items(), read_scalar, depth, budget, limit=None)
         if isinstance(content, list):
-            return [to_plain(v, read_scalar, depth + 1) for v in content]
-        return to_plain(state.get("_val", content), read_scalar, depth + 1)
+            return _plain_list(content, read_scalar, depth, budget, limit=None)
+        return to_plain(state.get("_val", content), read_scalar, depth + 1, budget)
     if obj.items:
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in obj.items.items()}
+        return _plain_mapping(obj.items.items(), read_scalar, depth, budget, limit=None)
     if isinstance(state, dict):
-        return {_key(k): to_plain(v, read_scalar, depth + 1) for k, v in state.items()
-                if not _key(k).startswith("_")}
+        return _plain_mapping(state.items(), read_scalar, depth, budget, skip_private=True,
+                              limit=None)
     if obj.list_items:
-        return [to_plain(v, read_scalar, depth + 1) for v in obj.list_items]
+        return _plain_list(obj.list_items, read_scalar, depth, budget, limit=None)
     if obj.type_name.startswith("pathlib.") and obj.args:
-        return "/".join(str(a) for a in obj.args)
+        return "/".join(text_of(a) for a in obj.args[:_MAX_PLAIN_ITEMS])[:10_000]
     if obj.type_name.startswith("enum.") or obj.args:
-        return to_plain(obj.args[0], read_scalar, depth + 1) if len(obj.args) == 1 else obj.type_name
+        return to_plain(obj.args[0], read_scalar, depth + 1, budget) if len(obj.args) == 1 else obj.type_name
     return f"<{obj.type_name}>"
 
 
@@ -157,6 +229,36 @@ def find_state_dict(obj: Any) -> tuple[str | None, Mapping[str, LazyTensor] | No
     return None, None
 
 
+def split_state_dict(obj: Any) -> tuple[str | None, dict[str, LazyTensor] | None, list[str]]:
+    """Like ``find_state_dict``, but a state dict may also hold tensors ckptctl cannot convert
+    (quantized, sparse, nested …): (where it was found, the tensors it can convert, and
+    ``"name (kind)"`` of each it cannot). (None, None, []) when there is no state dict.
+
+    For converting the rest of a state dict with a note naming what was left out, instead
+    of refusing the whole file (torch_files/OpenedTorch decide; this only finds them)."""
+
+    def split(candidate: Any) -> tuple[dict[str, LazyTensor], list[str]] | None:
+        mapping = as_mapping(candidate)
+        if mapping is None or not mapping or not all(
+                isinstance(k, str) and isinstance(v, LazyTensor | UnsupportedTensor)
+                for k, v in mapping.items()):
+            return None
+        tensors = {k: v for k, v in mapping.items() if isinstance(v, LazyTensor)}
+        if not tensors:
+            return None
+        return tensors, [f"{k} ({v.kind})" for k, v in mapping.items()
+                         if isinstance(v, UnsupportedTensor)]
+
+    mapping = as_mapping(obj)
+    if mapping is not None:
+        for key in STATE_DICT_KEYS:
+            found = split(mapping[key]) if key in mapping else None
+            if found is not None:
+                return key, *found
+    found = split(obj)
+    return (None, *found) if found is not None else (None, None, [])
+
+
 def unsupported_tensors(obj: Any) -> list[str]:
     mapping = as_mapping(obj)
     if mapping is None:
@@ -172,7 +274,7 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
     if top is None:
         return
     src = "checkpoint"
-    keys = [str(k) for k in top]
+    keys = [text_of(k) for k in top]
     g.offer("contents.keys", keys, src)
     for key in _EPOCH_KEYS:
         g.offer("training.epoch", _integer(top.get(key), read_scalar), src)
@@ -190,8 +292,9 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
 
     hparams = top.get("hyper_parameters")
     args = top.get("args") or top.get("config") or top.get("cfg") or top.get("hparams")
+    budget = PlainBudget()  # one for the checkpoint: both may be the same shared graph
     for hp_source, hp in (("checkpoint:hyper_parameters", hparams), ("checkpoint:args", args)):
-        plain = to_plain(hp, read_scalar) if hp is not None else None
+        plain = to_plain(hp, read_scalar, 0, budget) if hp is not None else None
         if isinstance(plain, dict) and plain:
             g.offer("model.hyper_parameters", plain, hp_source)
             g.offer("model.architecture", architecture(plain), hp_source)
@@ -199,7 +302,7 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
     if is_tensor_mapping(obj):
         return  # a bare state dict: its scalars are buffers, not metrics
     for key, value in top.items():
-        key = str(key)
+        key = text_of(key)
         number = _number(value, read_scalar)
         if number is not None and key not in _EPOCH_KEYS + _STEP_KEYS and not _is_integer(value):
             g.offer_metric(key, number, src)  # best_val_loss, best_pck, …
@@ -208,7 +311,7 @@ def gather_from_checkpoint(obj: Any, path: Path, g: Gathered, read_scalar: Scala
             for metric, metric_value in nested.items():
                 number = _number(metric_value, read_scalar)
                 if number is not None:
-                    g.offer_metric(f"{key}/{metric}", number, f"checkpoint:{key}")
+                    g.offer_metric(f"{key}/{text_of(metric)}", number, f"checkpoint:{key}")
     _gather_callbacks(top, path, g, read_scalar)
 
 
@@ -245,7 +348,7 @@ def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scal
         return
     found: list[tuple[dict[str, Any], Mapping[str, Any], bool]] = []
     for key, state in callbacks.items():
-        name = str(key)
+        name = text_of(key)
         state_map = as_mapping(state)
         if not name.startswith("ModelCheckpoint") or state_map is None:
             continue
@@ -286,4 +389,4 @@ def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scal
 
 def _base_name(saved: object) -> str:
     """The file name of a path recorded by Lightning on any OS (``C:\\x\\a.ckpt`` -> ``a.ckpt``)."""
-    return re.split(r"[\\/]", str(saved))[-1]
+    return re.split(r"[\\/]", text_of(saved))[-1]
