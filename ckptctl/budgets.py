@@ -107,8 +107,9 @@ class OutputBudget:
         if self.written + nbytes > self.limit:
             raise BudgetExceededError(
                 f"writing {what} ({size_text(nbytes)}; {size_text(self.written + nbytes)} in all)",
-                f"the output budget of {size_text(self.limit)} ({OUTPUT_RATIO}x the source's "
-                f"{size_text(self.source_bytes)}, at least {size_text(OUTPUT_FLOOR)})")
+                f"the output budget of {size_text(self.limit)} ({OUTPUT_RATIO}x the "
+                f"{size_text(self.source_bytes)} the source stores on disk, at least "
+                f"{size_text(OUTPUT_FLOOR)})")
         self.written += nbytes
 
 

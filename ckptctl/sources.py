@@ -28,6 +28,17 @@ def fingerprint(path: Path, fmt: str | None) -> Fingerprint:
     return Fingerprint(sum(i.st_size for i in infos), max(i.st_mtime for i in infos))
 
 
+def stored_bytes(paths: list[Path]) -> int:
+    """The bytes the files really hold on disk: their size, less the holes of a sparse file
+    (whose declared content, zeros read from nowhere, must not buy a bigger output budget)."""
+    total = 0
+    for path in paths:
+        info = os.stat(path)
+        blocks = getattr(info, "st_blocks", None)
+        total += info.st_size if blocks is None else min(info.st_size, blocks * 512)
+    return total
+
+
 def sha256_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)

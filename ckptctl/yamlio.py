@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from .budgets import MAX_FLOW_NESTING, flow_nesting_exceeds
 from .safeio import open_regular
 
 # libyaml's C safe loader is ~10x faster than PyYAML's; both build plain data only
@@ -28,6 +29,9 @@ def load_yaml_file(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"YAML file larger than {max_bytes} bytes")
+    # libyaml's parser recurses once per bracket and crashes the process past ~20,000
+    if flow_nesting_exceeds(data):
+        raise ValueError(f"YAML nested deeper than {MAX_FLOW_NESTING} levels")
     # Aliases are never written by ckptctl; refusing them defeats "billion laughs" documents.
     if b"*" in data and _has_alias(data):
         raise ValueError("YAML aliases are not allowed")

@@ -978,7 +978,7 @@ def assert_clean(result: dict[str, Any] | Converted, within: float = 5.0) -> Non
     assert result["status"] != "timeout", "no answer within the time bound"
     assert result["seconds"] < within, result
     if result["status"] == "failed":
-        assert result["kind"] in ("corrupt", "unsupported"), result
+        assert result["kind"] in ("corrupt", "unsupported", "budget"), result
         assert "\n" not in (result["reason"] or ""), result
     else:
         assert result["status"] == "converted", result

@@ -51,7 +51,7 @@ from ..migrations import SCHEMA_VERSION
 from ..outputs import CheckpointOutputs, OutputLayout, stem_of
 from ..schema import Sidecar
 from ..sidecars import parse_sidecar, sidecar_yaml, source_is_stale
-from ..sources import Fingerprint, fingerprint, sha256_files, sha256_of
+from ..sources import Fingerprint, fingerprint, sha256_files, sha256_of, stored_bytes
 
 Status = Literal["converted", "skipped", "failed", "would convert"]
 
@@ -340,7 +340,8 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
             source_hash = pool.submit(sha256_files, opened.files)
             weights: _Weights | None = None
             if plan.write is not None:
-                with output_budget(before.size_bytes):  # bytes written ~ bytes stored
+                # bytes written ~ bytes stored (on disk: a sparse file's holes buy nothing)
+                with output_budget(stored_bytes(opened.files)):
                     weights = _write_weights(plan, outputs.weights, weights_tmp, pool)
             source_sha256 = source_hash.result()
             if fingerprint(source, fmt) != before:

@@ -46,7 +46,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+from ..errors import BudgetExceededError, CorruptCheckpointError, UnsupportedCheckpointError
 from ..safeio import open_regular
 
 #: What h5py raises on damaged files (it has no error type of its own).
@@ -149,10 +149,10 @@ class ReadBudget:
     def spend(self, nbytes: int, what: str, stored: int) -> None:
         if self.inflated + nbytes > self.limit:
             before = f" (after {_size(self.inflated)} from other datasets)" if self.inflated else ""
-            raise UnsupportedCheckpointError(
-                f"refused: {what} inflates from {_size(stored)} to {_size(nbytes)}{before}, "
-                f"which exceeds the read budget of {_size(self.limit)} ({INFLATE_RATIO}x the "
-                f"file's {_size(self.file_size)}; a decompression bomb?)")
+            raise BudgetExceededError(
+                f"{what} inflating from {_size(stored)} to {_size(nbytes)}{before}",
+                f"the read budget of {_size(self.limit)} ({INFLATE_RATIO}x the file's "
+                f"{_size(self.file_size)}; a decompression bomb?)")
         self.inflated += nbytes
 
 

@@ -196,9 +196,23 @@ def _layer_name(full_names: list[tuple[str, int]], flavour: str) -> str | None:
 
 
 def _has_variables(graph: ObjectGraph, node_id: int, depth: int) -> bool:
-    if _variable_attr(graph, node_id) is not None:
-        return True
-    return depth > 0 and any(_has_variables(graph, c, depth - 1) for _, c in _children(graph, node_id))
+    """Whether a variable lies within ``depth`` edges of ``node_id``: breadth first, each node
+    once (a shared sub-graph walked as a tree would cost its fan-out to the power depth)."""
+    seen = {node_id}
+    level = [node_id]
+    for remaining in range(depth, -1, -1):
+        if any(_variable_attr(graph, n) is not None for n in level):
+            return True
+        if not remaining:
+            break
+        following: list[int] = []
+        for n in level:
+            for _, child in _children(graph, n):
+                if child not in seen:
+                    seen.add(child)
+                    following.append(child)
+        level = following
+    return False
 
 
 def _model_from_node(ckpt: TFIndexCheckpoint, graph: ObjectGraph, node_id: int, flavour: str,

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import (
     AmbiguousCheckpointError,
+    BudgetExceededError,
     CkptError,
     CorruptCheckpointError,
     ReadError,
@@ -209,9 +210,9 @@ def _read_zip(path: Path, raw: BinaryIO) -> TorchFile:
     pkl_member = by_name[(prefix + b"data.pkl").lower()]
     if pkl_member.method != STORED and pkl_member.size > max(
             1 << 20, MAX_PICKLE_INFLATION * pkl_member.compressed_size):
-        raise CorruptCheckpointError(
-            f"refused: deflated data.pkl expands {pkl_member.size} bytes from "
-            f"{pkl_member.compressed_size}, which exceeds {MAX_PICKLE_INFLATION}x")
+        raise BudgetExceededError(
+            f"a deflated data.pkl of {pkl_member.compressed_size} bytes inflating to "
+            f"{pkl_member.size}", f"{MAX_PICKLE_INFLATION}x its compressed size")
     pickle_bytes = read_member(raw, directory, pkl_member, MAX_PICKLE_BYTES)
     byteorder = b"little"
     order_member = by_name.get((prefix + b"byteorder").lower())
