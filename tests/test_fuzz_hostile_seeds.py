@@ -9,6 +9,7 @@ crash, a hang or an allocation bomb.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import outputs_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +84,54 @@ def test_hostile_seeds_and_their_mutations_fail_cleanly(tmp_path: Path) -> None:
     assert report["escaped"] == [], report["escaped"]
     assert report["worst_seconds"] < 5, report
     assert report["peak_rss_kib"] < 1_500_000, report
+
+
+# --- names and special files -------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def good_torch_file() -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(3.0)}, buffer)
+    return buffer.getvalue()
+
+
+NAME_ALPHABET = st.sampled_from(list("abc=[]{},/\\*\x1b\r\n\t\x07\x7f\u202e \u00e9[/]:"))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stem=st.text(NAME_ALPHABET, min_size=1, max_size=24))
+def test_hostile_names_and_special_files_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
+                                                      stem: str) -> None:
+    """Stops: a file name with control characters, rich markup or a bidi override forging
+    output lines, crashing the printer, or a FIFO named like a checkpoint blocking the batch
+    (hypothesis over names; a FIFO and a sparse file beside every good file). Found: hostile
+    review (issue 10)."""
+    import os
+
+    from helpers import run_cli
+
+    stem = stem.replace("/", "_").strip() or "x"
+    if stem in (".", ".."):
+        stem = "dots"
+    root = tmp_path_factory.mktemp("names") / "outputs"
+    folder = root / "exp"
+    folder.mkdir(parents=True)
+    good = folder / f"{stem}.pt"
+    good.write_bytes(good_torch_file())
+    os.mkfifo(folder / f"{stem}-fifo.ckpt")
+    with (folder / f"{stem}-sparse.pt").open("wb") as sparse:
+        sparse.truncate(1 << 30)  # a 1 GiB hole: not a checkpoint, never read in full
+    for args in (["scan", root], ["convert", "--outputs-dir", root], ["validate", root]):
+        result = run_cli(*args)
+        output = result.stdout + result.stderr
+        assert result.exit_code in (0, 1), (args, output)
+        assert "Traceback" not in output and "internal error" not in output, output
+        for line in output.splitlines():  # names are escaped: no raw control characters
+            assert line.isprintable(), repr(line)
+    assert all(p.exists() for p in outputs_for(good))
+
