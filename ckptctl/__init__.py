@@ -9,15 +9,36 @@ The Python API is small and imports no ML framework until asked:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     import numpy as np
 
+_R = TypeVar("_R")
 
+
+def _memory_as_ckpt_error(func: Callable[[str | Path], _R]) -> Callable[[str | Path], _R]:
+    """A ``MemoryError`` (under an address-space cap) leaves the API as a ``CkptError``."""
+
+    @functools.wraps(func)
+    def wrapper(path: str | Path) -> _R:
+        try:
+            return func(path)
+        except MemoryError:
+            from .errors import BudgetExceededError
+
+            raise BudgetExceededError("loading its tensors", "the memory available to this "
+                                      "process", path) from None
+
+    return wrapper
+
+
+@_memory_as_ckpt_error
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a ckptctl ``.weights.h5`` as numpy arrays (bfloat16/float8 via ml_dtypes).
 
@@ -32,6 +53,7 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+@_memory_as_ckpt_error
 def load_state_dict(path: str | Path) -> dict[str, Any]:
     """Tensors of a ckptctl ``.weights.h5`` as torch tensors, bit-exact, ties restored.
 

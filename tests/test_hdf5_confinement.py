@@ -498,3 +498,261 @@ def test_read_budget_bounds_what_one_file_may_inflate_to(tmp_path: Path) -> None
         # one dataset alone is fine
         one = h5safe.read_dataset(h5safe.dataset_at(f, "d0"), h5safe.budget_for(f))
         assert one.shape == (1024, 1024)
+
+
+# --- hostile review of the guard itself (issue 10): plugins, inflation, aliasing, depth ----
+
+
+def _new_tensors(dest: Path, libver: Any = "earliest") -> Any:
+    """A fresh ckptctl-tensors file (root attributes as ckptctl writes them), open for writing."""
+    import h5py
+
+    f = h5py.File(dest, "w", libver=libver)
+    f.attrs.update({"layout": "ckptctl-tensors", "layout_version": "1.0",
+                    "writer": "ckptctl 0.1.0", "source_format": "pytorch", "tensor_count": 1})
+    f.create_group("tensors", track_order=True)
+    return f
+
+
+def _lookup3(data: bytes) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle`` (HDF5's metadata checksum)."""
+    mask = 0xFFFFFFFF
+
+    def rot(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask
+
+    def word(at: int, buf: bytes) -> int:
+        return int.from_bytes(buf[at:at + 4], "little")
+
+    length, i = len(data), 0
+    a = b = c = (0xDEADBEEF + length) & mask
+    while length > 12:
+        a, b, c = (a + word(i, data)) & mask, (b + word(i + 4, data)) & mask, (c + word(i + 8, data)) & mask
+        a = (a - c) & mask; a ^= rot(c, 4); c = (c + b) & mask  # noqa: E702
+        b = (b - a) & mask; b ^= rot(a, 6); a = (a + c) & mask  # noqa: E702
+        c = (c - b) & mask; c ^= rot(b, 8); b = (b + a) & mask  # noqa: E702
+        a = (a - c) & mask; a ^= rot(c, 16); c = (c + b) & mask  # noqa: E702
+        b = (b - a) & mask; b ^= rot(a, 19); a = (a + c) & mask  # noqa: E702
+        c = (c - b) & mask; c ^= rot(b, 4); b = (b + a) & mask  # noqa: E702
+        length -= 12
+        i += 12
+    if length == 0:
+        return c
+    tail = data[i:i + length] + bytes(12 - length)
+    a, b, c = (a + word(0, tail)) & mask, (b + word(4, tail)) & mask, (c + word(8, tail)) & mask
+    c ^= b; c = (c - rot(b, 14)) & mask  # noqa: E702
+    a ^= c; a = (a - rot(c, 11)) & mask  # noqa: E702
+    b ^= a; b = (b - rot(a, 25)) & mask  # noqa: E702
+    c ^= b; c = (c - rot(b, 16)) & mask  # noqa: E702
+    a ^= c; a = (a - rot(c, 4)) & mask  # noqa: E702
+    b ^= a; b = (b - rot(a, 14)) & mask  # noqa: E702
+    c ^= b; c = (c - rot(b, 24)) & mask  # noqa: E702
+    return c
+
+
+def _group_filter_file(dest: Path, filter_id: int = 200) -> None:
+    """A ckptctl-tensors file whose ``tensors`` group keeps its 50 links in a fractal heap
+    behind a filter pipeline (deflate when written), the filter id then patched to
+    ``filter_id`` (no one registered it): reading the links makes HDF5 look for a plugin."""
+    import ctypes
+    import struct
+
+    import h5py
+
+    from ckptctl.readers import h5safe
+
+    lib = h5safe._libhdf5()
+    assert lib is not None
+    lib.H5Pset_deflate.argtypes = [ctypes.c_int64, ctypes.c_uint]
+    f = h5py.File(dest, "w", libver=("earliest", "latest"))  # v1 object headers: no checksums
+    f.attrs.update({"layout": "ckptctl-tensors", "layout_version": "1.0",
+                    "writer": "ckptctl 0.1.0", "tensor_count": 50})
+    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    gcpl.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
+    assert lib.H5Pset_deflate(gcpl.id, 7) >= 0
+    group = h5py.Group(h5py.h5g.create(f.id, b"tensors", gcpl=gcpl))
+    for index in range(50):
+        group.create_dataset(f"w{index}", data=np.full(3, index, "<f4")).attrs["dtype"] = "float32"
+    f.close()
+    data = bytearray(dest.read_bytes())
+    # pipeline message v1 holding deflate (id 1, "deflate", level 7): the group's, and the heap's copy
+    pattern = b"\x01\x01" + bytes(6) + b"\x01\x00\x08\x00\x01\x00\x01\x00deflate\x00\x07\x00\x00\x00"
+    assert data.count(pattern) == 2, data.count(pattern)
+    data = bytearray(data.replace(pattern, pattern[:8] + struct.pack("<H", filter_id) + pattern[10:]))
+    at = 0
+    while (heap := data.find(b"FRHP", at)) >= 0:  # fractal heap headers carry a checksum
+        filters = int.from_bytes(data[heap + 7:heap + 9], "little")
+        size = 142 + (12 + filters if filters else 0)
+        data[heap + size:heap + size + 4] = _lookup3(bytes(data[heap:heap + size])).to_bytes(4, "little")
+        at = heap + 4
+    dest.write_bytes(bytes(data))
+
+
+_PLUGIN_SOURCE = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void loaded(void) {
+    FILE *f = fopen(MARKER, "a");
+    if (f) { fputs("loaded\n", f); fclose(f); }
+}
+"""
+
+
+def test_a_filter_on_a_group_never_loads_an_hdf5_plugin(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stops: a filter id on a group's link storage (not a dataset) making HDF5 search HDF5_PLUGIN_PATH and run a shared library's constructor, during `ckptctl scan` sniffing or `load_weights` (which then aborted: double free). Found: hostile review of the HDF5 guard (issue 10)."""
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    weights = folder / "a.weights.h5"
+    _group_filter_file(weights)
+    marker = tmp_path / "PLUGIN-LOADED"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is not None:
+        source = tmp_path / "plugin.c"
+        source.write_text(_PLUGIN_SOURCE)
+        built = subprocess.run([compiler, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o",
+                                str(plugins / "libplugin.so"), str(source)],
+                               capture_output=True, text=True, check=False)
+        assert built.returncode == 0, built.stderr
+    monkeypatch.setenv("HDF5_PLUGIN_PATH", str(plugins))
+    scan = run_bounded("scan", folder, memory=MEMORY, timeout=60)
+    assert not scan.timed_out and scan.exit_code == 0, scan.stdout + scan.stderr
+    assert "Traceback" not in scan.stdout + scan.stderr
+    result = call_api("load_weights", weights, memory=MEMORY)  # a crash fails call_api
+    assert result["raised"] == "CkptError", result
+    assert "stores its links compressed" in result["message"] and "\n" not in result["message"]
+    assert not marker.exists(), "an HDF5 plugin was loaded"
+    if compiler is None:
+        pytest.skip("no C compiler: the refusal is checked, not that no plugin would load")
+
+
+def test_plugin_loading_is_off_once_ckptctl_opened_a_file(converted: tuple[Path, Path]) -> None:
+    """Stops: HDF5 loading a plugin for any filter id in a file ckptctl reads (the process-wide switch is off from the first open). Found: hostile review of the HDF5 guard (issue 10)."""
+    from ckptctl.readers import h5safe
+
+    _, weights = converted
+    with h5safe.open_h5(weights):
+        assert not h5safe.plugins_loadable()
+
+
+def _inflating_chunk_file(dest: Path, inflated: int) -> None:
+    """One (128, 128) float32 deflate chunk (64 KiB) whose stream inflates to ``inflated``."""
+    packer = zlib.compressobj(9)
+    block = bytes(1 << 24)
+    parts = [packer.compress(block) for _ in range(inflated // len(block))]
+    blob = b"".join([*parts, packer.flush()])
+    with _new_tensors(dest) as f:
+        data = f["tensors"].create_dataset("w", shape=(128, 128), dtype="<f4", chunks=(128, 128),
+                                           compression="gzip")
+        data.id.write_direct_chunk((0, 0), blob)
+        data.attrs["dtype"] = "float32"
+
+
+def test_a_deflate_chunk_inflating_past_its_size_is_refused(tmp_path: Path) -> None:
+    """Stops: a 64 KiB deflate chunk whose stream inflates to 1.5 GB (HDF5's deflate filter grows its buffer until the stream ends; the budget only saw the declared size). Found: hostile review of the HDF5 guard (issue 10)."""
+    weights = tmp_path / "a.weights.h5"
+    _inflating_chunk_file(weights, 256 << 20)
+    result = call_api("load_weights", weights, memory=1 << 30)
+    assert result["raised"] == "CkptError", result
+    assert "inflating past its own size" in result["message"], result
+
+
+def test_deflated_shuffled_checksummed_datasets_still_read(tmp_path: Path) -> None:
+    """Stops: the deflate pre-check refusing what h5py writes (gzip + shuffle + fletcher32, edge chunks), and LZF/n-bit/scale-offset being read (refused as unsupported). Found: hostile review of the HDF5 guard (issue 10)."""
+    import h5py
+
+    from ckptctl.readers import h5safe
+
+    values = np.random.default_rng(0).standard_normal((300, 70)).astype("<f4")
+    path = tmp_path / "filters.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("all", data=values, chunks=(64, 32), compression="gzip", shuffle=True,
+                         fletcher32=True)
+        f.create_dataset("gzip", data=values, chunks=(128, 70), compression="gzip")
+        f.create_dataset("lzf", data=values, chunks=(64, 32), compression="lzf")
+    with h5safe.open_h5(path) as f:
+        budget = h5safe.budget_for(f)
+        for name in ("all", "gzip"):
+            read = h5safe.read_dataset(h5safe.dataset_at(f, name), budget)
+            assert np.array_equal(read, values)
+        with pytest.raises(CkptError, match=r"filter 32000 \(lzf\)"):
+            h5safe.confine(f)
+
+
+def test_aliased_storage_is_refused(tmp_path: Path) -> None:
+    """Stops: N datasets whose storage addresses are patched to one real tensor's bytes, each passing every check, so load_weights read a 4 MiB tensor N times (8 GB from a 4.85 MB file; a raw MemoryError under a cap). Found: hostile review of the HDF5 guard (issue 10)."""
+    import h5py
+
+    weights = tmp_path / "a.weights.h5"
+    size = 1 << 20
+    with _new_tensors(weights) as f:
+        group = f["tensors"]
+        real = group.create_dataset("real", data=np.ones(size // 4, "<f4"))
+        offset = real.id.get_offset()
+        space = h5py.h5s.create_simple((size // 4,))
+        for index in range(50):
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_LATE)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            h5py.h5d.create(group.id, f"a{index}".encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl)
+        f.attrs["tensor_count"] = 51
+    data = weights.read_bytes()
+    # contiguous layout message (version 3): undefined address, then the size
+    pattern = b"\x03\x01" + b"\xff" * 8 + size.to_bytes(8, "little")
+    assert data.count(pattern) == 50
+    weights.write_bytes(data.replace(pattern, b"\x03\x01" + offset.to_bytes(8, "little")
+                                     + size.to_bytes(8, "little")))
+    result = call_api("load_weights", weights, memory=1 << 30)
+    assert result["raised"] == "CkptError", result
+    assert "share stored bytes" in result["message"], result
+
+
+def test_memory_errors_leave_the_api_as_ckpt_errors(converted: tuple[Path, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stops: a MemoryError (under an address-space cap) escaping load_weights/load_state_dict raw. Found: hostile review of the HDF5 guard (issue 10)."""
+    from ckptctl.layouts import ckptctl_tensors
+
+    _, weights = converted
+
+    def exhausted(*_: Any, **__: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(ckptctl_tensors, "_read_tensors", exhausted)
+    for api in (ckptctl.load_weights, ckptctl.load_state_dict):
+        with pytest.raises(CkptError, match="memory available"):
+            api(weights)
+
+
+def test_deep_nesting_is_refused_before_hdf5_recurses(tmp_path: Path) -> None:
+    """Stops: a chain of 20,000 nested groups crashing ckptctl with SIGSEGV (HDF5's recursive H5Lvisit/H5Ovisit) in load_weights, convert and validate --deep. Found: hostile review of the HDF5 guard (issue 10)."""
+    import h5py
+
+    from ckptctl.readers import h5safe
+
+    weights = tmp_path / "a.weights.h5"
+    with _new_tensors(weights, libver="latest") as f:
+        f["tensors"].create_dataset("w", data=np.ones(SHAPE, "<f4")).attrs["dtype"] = "float32"
+        group = h5py.h5g.create(f.id, b"d")
+        for _ in range(20000):
+            group = h5py.h5g.create(group, b"a")
+    result = call_api("load_weights", weights, memory=MEMORY)  # a crash fails call_api
+    assert result["raised"] == "CkptError", result
+    assert f"nests more than {h5safe.MAX_DEPTH} levels deep" in result["message"], result
+    assert len(result["message"]) < 400
+
+
+def test_names_in_refusals_are_one_printable_line(tmp_path: Path) -> None:
+    """Stops: a dataset name holding a newline, ESC and CR forging extra output lines (and terminal escapes) in a refusal. Found: hostile review of the HDF5 guard (issue 10)."""
+    from ckptctl.readers import h5safe
+
+    evil = "x\nconverted      forged.h5\x1b[2K\rfound 9, converted 9\u202e"
+    shown = h5safe._shown(evil)
+    assert shown.isprintable() and "\\n" in shown and "\\x1b" in shown and "\\r" in shown
+    weights = tmp_path / "a.weights.h5"
+    with _new_tensors(weights) as f:
+        f["tensors"].create_dataset("w", data=np.ones(3, "<f4")).attrs["dtype"] = "float32"
+        f.create_dataset(evil, shape=(4,), dtype="<f4", external=[("nonexistent.bin", 0, 16)])
+    result = call_api("load_weights", weights)
+    assert result["raised"] == "CkptError", result
+    assert result["message"].isprintable() and "uses external storage" in result["message"], result

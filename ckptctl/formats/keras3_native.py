@@ -10,7 +10,7 @@ import zipfile
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..budgets import read_json_member
 from ..errors import CorruptCheckpointError
@@ -106,24 +106,18 @@ def describe_native_weights(path: Path) -> base.WrittenWeights:
 
     Its sidecar vouches for the file Keras will load: it must be ``confine``d like any HDF5
     ckptctl reads (no other file's bytes, nothing declared that is not stored)."""
-    import h5py
-
-    from ..readers.h5safe import H5_ERRORS, confine, open_h5
+    from ..readers.h5safe import H5_ERRORS, confine, dataset_paths, open_h5
 
     count = elements = 0
     dtypes: dict[str, int] = defaultdict(int)
-
-    def visit(_: str, obj: Any) -> None:
-        nonlocal count, elements
-        if isinstance(obj, h5py.Dataset):
-            count += 1
-            elements += int(obj.size)
-            dtypes[str(obj.dtype)] += 1
-
     try:
         with open_h5(path) as f:
             confine(f)
-            f.visititems(visit)
+            for name in dataset_paths(f):  # not visititems: HDF5 recurses (deep files crash)
+                obj = f[name]
+                count += 1
+                elements += int(obj.size or 0)
+                dtypes[str(obj.dtype)] += 1
     except H5_ERRORS as exc:
         raise CorruptCheckpointError(f"damaged HDF5 file ({str(exc)[:120]})", path) from exc
     return base.WrittenWeights(KERAS3_LAYOUT, KERAS3_LAYOUT_VERSION, count, elements,

@@ -212,20 +212,14 @@ def verify_with_keras_model(spec: str, weights: Path) -> None:
 
 
 def _dataset_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    import h5py
-
-    from ..readers.h5safe import H5_ERRORS, confine, damaged, open_h5
+    from ..readers.h5safe import H5_ERRORS, confine, damaged, dataset_paths, open_h5
 
     shapes: dict[str, tuple[int, ...]] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            shapes[name] = tuple(obj.shape)
-
     try:
         with open_h5(path) as f:
             confine(f)
-            f.visititems(visit)
+            for name in dataset_paths(f):  # not visititems: HDF5 recurses (deep files crash)
+                shapes[name] = tuple(f[name].shape or ())
     except H5_ERRORS as exc:
         raise damaged(exc, path) from exc
     return shapes

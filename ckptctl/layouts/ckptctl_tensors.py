@@ -24,6 +24,7 @@ import numpy as np
 
 from ..budgets import spend_output
 from ..errors import (
+    BudgetExceededError,
     CkptError,
     CorruptCheckpointError,
     UnsupportedCheckpointError,
@@ -174,6 +175,9 @@ def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray
         raise
     except H5_ERRORS as exc:
         raise CorruptCheckpointError(f"not a readable HDF5 file ({str(exc)[:120]})", path) from exc
+    except MemoryError:
+        raise BudgetExceededError("reading its tensors", "the memory available to this process",
+                                  path) from None
 
 
 def _text_attr(attrs: Any, key: str) -> str | None:
@@ -188,11 +192,12 @@ def _read_tensors(f: Any, logical: bool) -> tuple[dict[str, np.ndarray], dict[st
     ties: dict[str, str] = {}
     if _text_attr(f.attrs, "layout") != LAYOUT:
         raise UnsupportedCheckpointError(f"not a {LAYOUT} weights file")
-    confine(f)  # after it, names resolve inside the file
+    confined = confine(f)  # after it, names resolve inside the file
     group = f["tensors"] if has_link(f, "tensors") else None
     if not isinstance(group, h5py.Group):
         raise CorruptCheckpointError(f"a {LAYOUT} file without a tensors group")
     budget = budget_for(f)
+    budget.prechecked = confined.prechecked  # deflate chunks confine inflated: not again
     seen: dict[Any, str] = {}
     for link in group:
         name = unescape_name(link)

@@ -5,8 +5,8 @@ the file holds. ckptctl refuses all of it, in one line naming the dataset or lin
 
 * **external links** (``h5py.ExternalLink``): h5py follows them on plain ``f[name]``, and
   even ``"a/b" in f`` opens the target file (a FIFO there blocks for ever). ``confine``
-  walks every link of the file *without resolving any* (``H5Lvisit`` never follows
-  external links) and refuses external and user-defined links; ``dataset_at`` resolves a
+  walks every link of the file *without resolving any* (following hard links only) and
+  refuses external and user-defined links; ``dataset_at`` resolves a
   path one link at a time and follows only hard links and in-file soft links. Once a file
   has passed ``confine``, no path in it can lead outside it, so ordinary h5py access is safe;
 * **external storage** (``create_dataset(..., external=...)``: raw data in other files) and
@@ -21,15 +21,38 @@ the file holds. ckptctl refuses all of it, in one line naming the dataset or lin
   compresses shrink by well under 2x, so 16x the whole file leaves room for zero-filled
   tensors (fresh optimizer slots) while a 6 MB file can no longer ask for 6 GB. A limit
   near deflate's own maximum (1000x) would never catch a deflate bomb;
-* **filters** outside a short allow-list (deflate, shuffle, fletcher32, n-bit,
-  scale-offset, LZF): any other id would make HDF5 search its plugin path and load a
-  shared library;
+* **deflate streams longer than their chunk**: HDF5's deflate filter grows its buffer until
+  the stream ends (a 64 KiB chunk can inflate to 1.5 GB). Before HDF5 decodes a deflated
+  dataset, every chunk is inflated here first with ``zlib``, bounded by the chunk's own
+  size, and a chunk inflating past it is refused (the work is charged to the budget);
+* **filters** outside what Keras and h5py writers use (deflate, shuffle, fletcher32): LZF,
+  n-bit, scale-offset and any other id are refused as unsupported;
+* **HDF5 plugins**: ckptctl's process never loads one. Dynamic plugin loading
+  (``H5PLset_loading_state(0)``) is switched off before any file is opened (and again at
+  each open), so a filter id in a dataset's *or a group's* pipeline cannot make HDF5 search
+  ``HDF5_PLUGIN_PATH`` and run a shared library's constructor. API users who need plugins
+  for their own files can switch it back on after calling ckptctl;
+* **groups with filtered link storage** (a compressed fractal heap of links: a heap bomb,
+  or a plugin id): refused before any of their links is read;
+* **deep nesting**: HDF5's own recursive walks (``H5Lvisit``/``H5Ovisit``, h5py's
+  ``visit``/``visititems``) overflow the C stack on a chain of ~20,000 groups. ckptctl walks
+  the file itself, iteratively, and refuses more than ``MAX_DEPTH`` levels (Keras nests
+  fewer than 10);
+* **aliased storage**: datasets whose storage addresses point at the same bytes (one 4 MiB
+  tensor read 2,000 times from a 5 MB file). HDF5 writers never overlap storage; any
+  overlap between two objects' contiguous storage or chunks is refused as corrupt;
 * **not a regular file**: files are opened through ``safeio.open_regular`` (``O_NONBLOCK``
   and ``fstat`` on the descriptor that is read) and HDF5 reads that very file
   (``/proc/self/fd/N``, or h5py's file-object driver where there is no ``/proc``).
 
 Contiguous and compact datasets whose storage matches their size are read as they are: their
-bytes are in the file, so a read allocates at most the file's size. Writing is not covered.
+bytes are in the file and no two datasets share them, so reading them all allocates at most
+the file's size. Names shown in messages are escaped (``\\n``, ``\\x1b``): every refusal
+is one printable line. Writing is not covered.
+
+Not covered: a corrupted B-tree (a chunk index or a group's symbol table pointing back at
+itself) can crash libhdf5 itself; a variable-length attribute declaring a huge length makes
+HDF5 allocate it when read.
 """
 
 from __future__ import annotations
@@ -38,9 +61,10 @@ import functools
 import math
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -59,11 +83,17 @@ INFLATE_FLOOR = 64 << 20
 #: Soft links followed while resolving one path (HDF5's own limit is 16 too).
 MAX_SOFT_LINK_HOPS = 16
 
-#: HDF5 filters HDF5 (and h5py, for LZF) implement themselves; any other id means a plugin.
-ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 5: "nbit", 6: "scaleoffset",
-                   32000: "lzf"}
+#: Group levels below the root a file may nest (Keras nests fewer than 10).
+MAX_DEPTH = 256
+
+#: The HDF5 filters Keras and h5py writers use; any other is refused as unsupported.
+ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32"}
+#: Names of filters HDF5 or h5py know, for the refusal message.
+KNOWN_FILTERS = {4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf"}
+_DEFLATE, _FLETCHER32 = 1, 3
 
 _LINK_HARD, _LINK_SOFT = 0, 1  # h5py.h5l.TYPE_HARD, TYPE_SOFT
+_OBJ_GROUP, _OBJ_DATASET = 0, 1  # h5py.h5o.TYPE_GROUP, TYPE_DATASET
 _PROC_FD = "/proc/self/fd"
 
 _P = ParamSpec("_P")
@@ -90,6 +120,68 @@ def _ckpt_errors_only(func: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _h5py() -> Any:
+    """h5py, with HDF5's dynamic plugin loading switched off (module doc)."""
+    import h5py
+
+    disable_plugins()
+    return h5py
+
+
+@functools.cache
+def _libhdf5() -> Any:
+    """The libhdf5 h5py runs on (through one of its extension modules), or None."""
+    import ctypes
+
+    import h5py
+
+    try:
+        lib = ctypes.CDLL(h5py.h5pl.__file__)  # symbols resolve in its libhdf5 too
+        lib.H5PLset_loading_state.argtypes = [ctypes.c_uint]
+        lib.H5PLset_loading_state.restype = ctypes.c_int
+        lib.H5PLget_loading_state.argtypes = [ctypes.POINTER(ctypes.c_uint)]
+        lib.H5PLget_loading_state.restype = ctypes.c_int
+        lib.H5Pget_nfilters.argtypes = [ctypes.c_int64]
+        lib.H5Pget_nfilters.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def disable_plugins() -> None:
+    """Switch off HDF5's dynamic plugin loading in this process (``H5PLset_loading_state(0)``):
+    no filter id can make HDF5 load a shared library. Called before every open."""
+    import h5py
+
+    setter = getattr(h5py.h5pl, "set_loading_state", None)
+    if setter is not None:
+        setter(0)
+        return
+    lib = _libhdf5()
+    if lib is not None and lib.H5PLset_loading_state(0) >= 0:
+        return
+    while h5py.h5pl.size():  # no loading switch: leave HDF5 no directory to search
+        h5py.h5pl.remove(0)
+
+
+def plugins_loadable() -> bool:
+    """Whether HDF5 may load a plugin now (for tests and diagnostics)."""
+    import ctypes
+
+    import h5py
+
+    getter = getattr(h5py.h5pl, "get_loading_state", None)
+    if getter is not None:
+        return bool(getter())
+    lib = _libhdf5()
+    if lib is None:
+        return bool(h5py.h5pl.size())
+    state = ctypes.c_uint(0)
+    if lib.H5PLget_loading_state(ctypes.byref(state)) < 0:
+        return True
+    return bool(state.value)
+
+
 @contextmanager
 def open_h5(path: str | os.PathLike[str]) -> Iterator[Any]:
     """An ``h5py.File`` open for reading ``path``, which must be a regular file.
@@ -98,7 +190,7 @@ def open_h5(path: str | os.PathLike[str]) -> Iterator[Any]:
     ``confine`` before resolving names (``f[...]``, ``in``, ``visititems``), or resolve one
     dataset with ``dataset_at``. Raises ``OSError`` when the file cannot be opened (not a
     regular file, not HDF5, truncated), as ``open()`` would."""
-    import h5py
+    h5py = _h5py()
 
     handle = open_regular(path)
     try:
@@ -128,11 +220,29 @@ def _own_name(message: str, fd: int, path: str | os.PathLike[str]) -> str:
 
 
 def has_link(group: Any, name: str) -> bool:
-    """Whether ``group`` holds a link called ``name`` (one component), never following it."""
+    """Whether ``group`` holds a link called ``name`` (one component), never following it.
+    False for a group whose links are stored filtered (not read: ``confine`` refuses it)."""
     try:
+        if _group_filters(group.id):
+            return False
         return bool(group.id.links.exists(name.encode()))
     except H5_ERRORS:
         return False
+
+
+def _group_filters(gid: Any) -> int:
+    """How many filters a group's link storage goes through (0 for every writer ckptctl
+    knows; metadata only: no link is read). 0 when HDF5 cannot be asked."""
+    import h5py
+
+    if isinstance(gid, h5py.h5f.FileID):
+        gid = h5py.h5g.open(gid, b"/")
+    plist = gid.get_create_plist()
+    counter = getattr(plist, "get_nfilters", None)
+    if counter is not None:
+        return int(counter())
+    lib = _libhdf5()
+    return max(0, int(lib.H5Pget_nfilters(plist.id))) if lib is not None else 0
 
 
 @dataclass
@@ -141,6 +251,8 @@ class ReadBudget:
 
     file_size: int
     inflated: int = 0
+    #: datasets (object addresses) whose deflate streams were already inflated once
+    prechecked: set[int] = field(default_factory=set)
 
     @property
     def limit(self) -> int:
@@ -164,35 +276,77 @@ def budget_for(f: Any) -> ReadBudget:
 
 @_ckpt_errors_only
 def confine(f: Any, budget: ReadBudget | None = None) -> ReadBudget:
-    """Refuse the whole file unless every link stays inside it and every dataset passes
-    ``check_dataset`` (with one budget for all of them). Reads metadata only; after it,
-    names in ``f`` resolve inside ``f``. Returns the budget, spent by compressed datasets."""
-    import h5py
-
+    """Refuse the whole file unless every link stays inside it, every dataset passes
+    ``check_dataset`` (with one budget for all of them) and no two datasets share storage.
+    Reads metadata only (and inflates deflated chunks once, bounded); after it, names in
+    ``f`` resolve inside ``f``. Returns the budget, spent by compressed datasets."""
     budget = budget if budget is not None else budget_for(f)
-    leaving: list[tuple[str, int]] = []
-
-    def visit_link(name: bytes, info: Any) -> None:
-        if info.type not in (_LINK_HARD, _LINK_SOFT) and not leaving:
-            leaving.append((name.decode("utf-8", "replace"), int(info.type)))
-
-    f.id.links.visit(visit_link, info=True)
-    if leaving:
-        name, kind = leaving[0]
-        raise UnsupportedCheckpointError(_leaving(f, name, name, kind))
-
-    datasets: list[bytes] = []
-
-    def visit_object(name: bytes, info: Any) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:
-            datasets.append(name)
-
-    # Objects reached through hard links, each once (tied tensors too); low-level calls
-    # throughout (a high-level object per dataset costs more than the checks).
-    h5py.h5o.visit(f.id, visit_object, info=True)
-    for path in datasets:
-        _check(h5py.h5d.open(f.id, path), path.decode("utf-8", "replace"), budget)
+    extents: list[tuple[int, int, str]] = []
+    for path, dsid in _walk(f):
+        _check(dsid, path, budget, extents)
+    extents.sort()
+    reach, owner = -1, ""
+    for start, end, name in extents:
+        if start < reach:
+            raise CorruptCheckpointError(
+                f"refused: datasets {owner} and {name} share stored bytes (at offset {start}; "
+                "HDF5 writers never overlap storage)")
+        if end > reach:
+            reach, owner = end, name
     return budget
+
+
+@_ckpt_errors_only
+def dataset_paths(f: Any) -> list[str]:
+    """Paths of every dataset reachable through hard links, each object once (like
+    ``visititems``, without HDF5's recursion); ``confine`` the file first."""
+    return [path for path, _ in _walk(f)]
+
+
+def _walk(f: Any) -> list[tuple[str, Any]]:
+    """``(path, DatasetID)`` of every distinct dataset reached through hard links, depth first
+    in name order, walked iteratively (HDF5's ``H5Ovisit`` recurses in C). Refuses external
+    and user-defined links, groups whose link storage is filtered, and nesting deeper than
+    ``MAX_DEPTH``, before anything below them is read."""
+    h5py = _h5py()
+    root = h5py.h5g.open(f.id, b"/")
+    seen = {int(h5py.h5o.get_info(root).addr)}
+    found: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str, int]] = [(root, "", 0)]
+    while stack:
+        gid, where, depth = stack.pop()
+        if _group_filters(gid):
+            raise UnsupportedCheckpointError(
+                f"refused: group {_shown(where or '/')} stores its links compressed (filtered "
+                "link storage; no Keras or h5py writer does)")
+        links: list[tuple[bytes, int]] = []
+
+        def collect(name: bytes, info: Any, links: list[tuple[bytes, int]] = links) -> None:
+            links.append((name, int(info.type)))
+
+        gid.links.iterate(collect, info=True)
+        groups: list[tuple[Any, str, int]] = []
+        for name, kind in links:
+            text = name.decode("utf-8", "replace")
+            path = f"{where}/{text}" if where else text
+            if kind not in (_LINK_HARD, _LINK_SOFT):
+                raise UnsupportedCheckpointError(_leaving(h5py.Group(gid), text, path, kind))
+            if kind != _LINK_HARD:
+                continue  # soft links: resolved (and checked) through their target's hard link
+            info = h5py.h5o.get_info(gid, name)
+            addr = int(info.addr)
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if info.type == _OBJ_GROUP:
+                if depth + 1 > MAX_DEPTH:
+                    raise UnsupportedCheckpointError(
+                        f"refused: group {_shown(path[:200])} nests more than {MAX_DEPTH} levels deep")
+                groups.append((h5py.h5g.open(gid, name), path, depth + 1))
+            elif info.type == _OBJ_DATASET:
+                found.append((path, h5py.h5d.open(gid, name)))
+        stack.extend(reversed(groups))
+    return found
 
 
 def _leaving(group: Any, name: str, shown: str, kind: int) -> str:
@@ -263,10 +417,12 @@ def check_dataset(ds: Any, budget: ReadBudget) -> int:
     return _check(ds.id, ds.name or "(anonymous)", budget)
 
 
-def _check(dsid: Any, path: str, budget: ReadBudget) -> int:
+def _check(dsid: Any, path: str, budget: ReadBudget,
+           extents: list[tuple[int, int, str]] | None = None) -> int:
     """``check_dataset`` on a low-level ``DatasetID`` (no high-level object per dataset:
-    ``confine`` checks thousands)."""
-    import h5py
+    ``confine`` checks thousands). Adds the dataset's stored extents (``(start, end, name)``)
+    to ``extents`` when given."""
+    h5py = _h5py()
 
     h5d = h5py.h5d
     name = _shown(path.lstrip("/"))
@@ -290,15 +446,19 @@ def _check(dsid: Any, path: str, budget: ReadBudget) -> int:
             raise CorruptCheckpointError(
                 f"refused: dataset {name} declares {_size(logical)} but stores {_size(stored)} "
                 "(never written?)")
+        offset = dsid.get_offset() if layout == h5d.CONTIGUOUS and stored else None
+        if extents is not None and offset is not None:
+            extents.append((int(offset), int(offset) + stored, name))
         return logical
     if layout != h5d.CHUNKED:
         raise UnsupportedCheckpointError(f"refused: dataset {name} has an unknown storage layout ({layout})")
-    for index in range(dcpl.get_nfilters()):
-        code = int(dcpl.get_filter(index)[0])
+    pipeline = [int(dcpl.get_filter(index)[0]) for index in range(dcpl.get_nfilters())]
+    for code in pipeline:
         if code not in ALLOWED_FILTERS:
+            known = f" ({KNOWN_FILTERS[code]})" if code in KNOWN_FILTERS else ""
             raise UnsupportedCheckpointError(
-                f"refused: dataset {name} needs HDF5 filter {code}, which ckptctl does not load "
-                "(it would load a plugin)")
+                f"refused: dataset {name} uses HDF5 filter {code}{known}; ckptctl reads only "
+                "deflate, shuffle and fletcher32 (what Keras and h5py write)")
     if not logical:
         return 0
     chunk = dcpl.get_chunk()
@@ -310,7 +470,60 @@ def _check(dsid: Any, path: str, budget: ReadBudget) -> int:
             f"{written} (never written?)")
     if stored < logical:
         budget.spend(logical, f"dataset {name}", stored)
+    addr = int(h5py.h5o.get_info(dsid).addr)
+    if extents is None and (_DEFLATE not in pipeline or addr in budget.prechecked):
+        return logical
+    chunks: list[tuple[tuple[int, ...], int, int, int]] = []
+
+    def add_chunk(info: Any) -> None:
+        chunks.append((tuple(info.chunk_offset), int(info.filter_mask), int(info.byte_offset),
+                       int(info.size)))
+
+    if hasattr(dsid, "chunk_iter"):
+        dsid.chunk_iter(add_chunk)
+    else:
+        for index in range(written):
+            add_chunk(dsid.get_chunk_info(index))
+    if extents is not None:
+        extents.extend((start, start + size, name) for _, _, start, size in chunks if size)
+    if _DEFLATE in pipeline and addr not in budget.prechecked:
+        chunk_bytes = math.prod(int(c) for c in chunk) * int(dsid.get_type().get_size())
+        _precheck_deflate(dsid, name, pipeline, chunk_bytes, chunks, budget)
+        budget.prechecked.add(addr)
     return logical
+
+
+def _precheck_deflate(dsid: Any, name: str, pipeline: list[int], chunk_bytes: int,
+                      chunks: list[tuple[tuple[int, ...], int, int, int]],
+                      budget: ReadBudget) -> None:
+    """Inflate every chunk's deflate stream with ``zlib``, bounded by the chunk's size, before
+    HDF5 does (its deflate filter grows its buffer until the stream ends): a stream inflating
+    past its chunk is refused. The inflated bytes are charged to ``budget``."""
+    # What a deflate stream may hold: the chunk, plus the checksums filters before it added.
+    bound = chunk_bytes + 4 * pipeline.count(_FLETCHER32)
+    for offset, mask, _, size in chunks:
+        if size > budget.file_size:
+            raise CorruptCheckpointError(
+                f"refused: dataset {name} claims a chunk of {_size(size)}, more than the file")
+        _, data = dsid.read_direct_chunk(offset)
+        for index in reversed(range(len(pipeline))):  # reading undoes the filters last first
+            if mask & (1 << index):
+                continue  # this filter was skipped for this chunk
+            if pipeline[index] == _FLETCHER32:
+                data = data[:-4]
+            elif pipeline[index] == _DEFLATE:
+                inflater = zlib.decompressobj()
+                try:
+                    data = inflater.decompress(data, bound + 1)
+                except zlib.error as exc:
+                    raise CorruptCheckpointError(
+                        f"refused: dataset {name} has a damaged deflate chunk at {offset} ({exc})") from None
+                budget.spend(len(data), f"dataset {name} (checking its deflate chunks)", size)
+                if len(data) > bound:
+                    raise BudgetExceededError(
+                        f"dataset {name}: a deflate chunk at {offset} inflating past its own size "
+                        f"({_size(bound)}; a decompression bomb?)",
+                        "what a chunk can hold")
 
 
 @_ckpt_errors_only
@@ -329,6 +542,11 @@ def read_dataset(ds: Any, budget: ReadBudget) -> np.ndarray:
 
 
 def _shown(name: str, limit: int = 120) -> str:
+    """``name`` for a one-line message: control and other unprintable characters escaped
+    (``\\n``, ``\\x1b``), cut at ``limit`` characters."""
+    if not name.isprintable():
+        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in name)
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
