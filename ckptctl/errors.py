@@ -26,6 +26,7 @@ ErrorKind = Literal[
     "missing",         # a file a sidecar names is missing
     "stale",           # a file differs from what its sidecar records
     "not-converted",   # a checkpoint without a sidecar (validate --strict)
+    "crashed",         # the worker process converting it died (killed, out of memory)
     "internal",        # a bug in ckptctl: please report it
 ]
 

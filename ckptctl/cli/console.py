@@ -83,6 +83,13 @@ class Console:
         click.echo(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False,
                               default=str))
 
+    def json_line(self, data: Any) -> None:
+        """One compact JSON object per line (JSON Lines), flushed: a scheduler or CI follows
+        a long run as it goes. ASCII-escaped: an undecodable file name stays lossless."""
+        click.echo(json.dumps(_finite(data), ensure_ascii=True, allow_nan=False, default=str,
+                              separators=(",", ":")))
+        sys.stdout.flush()
+
     def csv(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

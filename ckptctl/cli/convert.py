@@ -30,11 +30,19 @@ if TYPE_CHECKING:
               help="Build your Keras 3 model with MODULE:FUNCTION: verify the converted weights "
                    "against it, or map the checkpoint onto it when no layout is certain "
                    "(subclassed models, custom layers); imports TensorFlow/Keras.")
+@options.jobs("Convert checkpoints")
+@click.option("--shard", metavar="K/N",
+              help="Convert only shard K of N (0-based; the same split on every machine). "
+                   "'--shard N' takes K from the scheduler; inside a Slurm job array the "
+                   "array's own task id and count are used when --shard is not given.")
+@options.output_format("text", "jsonl", help="text: one line per checkpoint for people; "
+                       "jsonl: one JSON object per checkpoint as it finishes, then a summary "
+                       "object (for schedulers and CI).")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
 def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None,
             output_dir: Path | None, force: bool,
             dry_run: bool, no_recursive: bool, metadata_only: bool, keras_model: str | None,
-            verbose: bool) -> None:
+            jobs: int | None, shard: str | None, fmt: str, verbose: bool) -> None:
     """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
 
     Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
@@ -77,17 +85,55 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
         targets, warnings = targets_for_outputs_dir(outputs_dir, recursive)
     console.warnings(warnings)
     run_options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
-                                 keras_model=keras_model, output_dir=output_dir)
-    report = _run(console, targets, run_options)
+                                 keras_model=keras_model, output_dir=output_dir,
+                                 jobs=options.resolve_jobs(jobs))
+    targets = _my_shard(console, shard, targets, run_options,
+                        checkpoint.parent if checkpoint is not None else exp_dir or outputs_dir)
+    report = _run(console, targets, run_options, fmt)
     done: Status = "would convert" if dry_run else "converted"
+    if fmt == "jsonl":
+        console.json_line({"summary": {
+            "found": len(report.items), "converted": report.count("converted"),
+            "would_convert": report.count("would convert"), "skipped": report.count("skipped"),
+            "failed": report.count("failed"),
+            "seconds": round(sum(i.seconds for i in report.items), 3),
+            "bytes": sum(i.source_bytes for i in report.items)}})
     console.message(f"found {len(report.items)}, {done} {report.count(done)}, "
                     f"skipped {report.count('skipped')}, failed {report.count('failed')}")
     if report.failed:
         console.exit(EXIT_FAILED)
 
 
-def _run(console: Console, targets: list[Target], run_options: ConvertOptions) -> ConvertReport:
+def _my_shard(console: Console, option: str | None, targets: list[Target],
+              run_options: ConvertOptions, root: Path | None) -> list[Target]:
+    from ..errors import UsageError
+    from ..ops.convert import select_shard
+    from ..sharding import resolve_shard
+
+    try:
+        shard = resolve_shard(option)
+    except UsageError as exc:
+        raise click.BadParameter(exc.message, param_hint="'--shard'") from None
+    if shard is None:
+        return targets
+    assert root is not None
+    mine = select_shard(targets, run_options, shard, root)
+    console.message(f"shard {shard} (from {shard.origin}): {len(mine)} of {len(targets)} "
+                    "checkpoints")
+    return mine
+
+
+def _run(console: Console, targets: list[Target], run_options: ConvertOptions,
+         fmt: str) -> ConvertReport:
     from ..ops.convert import convert
+
+    def report_json(item: ItemResult) -> None:
+        console.json_line({
+            "source": str(item.source), "status": item.status, "kind": item.kind,
+            "reason": item.reason, "notes": item.notes,
+            "weights": None if item.weights is None else str(item.weights),
+            "sidecar": None if item.sidecar is None else str(item.sidecar),
+            "seconds": round(item.seconds, 3), "bytes": item.source_bytes})
 
     def report_item(item: ItemResult) -> None:
         if item.status == "failed":
@@ -103,6 +149,8 @@ def _run(console: Console, targets: list[Target], run_options: ConvertOptions) -
                 for note in item.notes:
                     console.note(f"{item.source}: {note}")
 
+    if fmt == "jsonl":
+        return convert(targets, run_options, report_json)
     if not (sys.stderr.isatty() and len(targets) > 1 and not run_options.dry_run):
         return convert(targets, run_options, report_item)
     from rich.console import Console as RichConsole

@@ -28,3 +28,16 @@ def output_dir(help: str) -> Callable[[F], F]:
 #: convert's wording; scan and validate look where it wrote
 OUTPUT_DIR_LOOK = ("Look for outputs under DIR, as written by convert --output-dir "
                    "(give the same folders you gave convert).")
+
+
+def jobs(what: str) -> Callable[[F], F]:
+    """``--jobs N``: worker processes; default: the CPUs this process may use."""
+    return click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+                        help=f"{what} in N worker processes (default: the usable CPUs; 1: one "
+                             "at a time in this process).")
+
+
+def resolve_jobs(value: int | None) -> int:
+    from ..workers import usable_cpus
+
+    return value if value is not None else usable_cpus()

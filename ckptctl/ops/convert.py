@@ -9,8 +9,12 @@ temporaries, locks, renames and the sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
 import os
+import signal
+import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -50,6 +54,7 @@ from ..metadata import Gathered, gather_common
 from ..migrations import SCHEMA_VERSION
 from ..outputs import CheckpointOutputs, OutputLayout, stem_of
 from ..schema import Sidecar
+from ..sharding import Shard, shard_key
 from ..sidecars import parse_sidecar, sidecar_yaml, source_is_stale
 from ..sources import Fingerprint, fingerprint, sha256_files, sha256_of, stored_bytes
 
@@ -63,6 +68,8 @@ class ConvertOptions:
     metadata_only: bool = False
     keras_model: str | None = None
     output_dir: Path | None = None
+    #: worker processes (1: convert in this process, one checkpoint at a time)
+    jobs: int = 1
 
 
 @dataclass
@@ -89,6 +96,9 @@ class ItemResult:
     weights: Path | None = None
     sidecar: Path | None = None
     detail: str | None = None  # a traceback, only for internal errors
+    #: wall-clock seconds spent on it, and the source's size in bytes (0 when unknown)
+    seconds: float = 0.0
+    source_bytes: int = 0
 
 
 def failed(source: Path, reason: str, kind: ErrorKind, detail: str | None = None) -> ItemResult:
@@ -152,6 +162,14 @@ def outputs_of(target: Target, options: ConvertOptions) -> CheckpointOutputs:
     return layout.outputs(target.found.path)
 
 
+def select_shard(targets: list[Target], options: ConvertOptions, shard: Shard,
+                 root: Path) -> list[Target]:
+    """The targets of one shard (``ckptctl.sharding``), keyed by their sidecar path relative
+    to where the outputs go: ``root``, or ``--output-dir``."""
+    base = options.output_dir if options.output_dir is not None else root
+    return [t for t in targets if shard.holds(shard_key(outputs_of(t, options).sidecar, base))]
+
+
 # --- converting ---------------------------------------------------------------------------
 
 
@@ -160,20 +178,49 @@ def convert(
     options: ConvertOptions,
     on_item: Callable[[ItemResult], None] | None = None,
 ) -> ConvertReport:
+    """Convert every target; ``on_item`` sees each result in the targets' order as soon as
+    it is known. With ``options.jobs > 1`` checkpoints are converted in that many worker
+    processes (``ckptctl.workers``); a worker that dies fails only its checkpoint."""
     report = ConvertReport()
     targets = list(targets)
     clashes = _name_clashes(targets, options)
-    for target in targets:
-        clash = clashes.get(target.found.path)
-        if clash is not None:
-            item = failed(target.found.path, f"output name clash with {clash.name} (both would "
-                          f"write {stem_of(clash)}.weights.h5); rename one of them", "conflict")
-        else:
-            item = _convert_one(target, options)
+    jobs = [(target, clashes.get(target.found.path)) for target in targets]
+
+    def record(item: ItemResult) -> None:
         report.items.append(item)
         if on_item is not None:
             on_item(item)
+
+    if options.jobs > 1 and len(jobs) > 1:
+        from ..workers import run_ordered
+
+        run_ordered(functools.partial(_convert_job, options=options), jobs, options.jobs,
+                    record, _worker_died, preload=["ckptctl.ops.convert", "h5py", "numpy"])
+    else:
+        for job in jobs:
+            record(_convert_job(job, options))
     return report
+
+
+def _convert_job(job: tuple[Target, Path | None], options: ConvertOptions) -> ItemResult:
+    target, clash = job
+    if clash is not None:
+        return failed(target.found.path, f"output name clash with {clash.name} (both would "
+                      f"write {stem_of(clash)}.weights.h5); rename one of them", "conflict")
+    started = time.monotonic()
+    item = _convert_one(target, options)
+    item.seconds = time.monotonic() - started
+    if target.found.format is not None:
+        with contextlib.suppress(OSError, CkptError):
+            item.source_bytes = fingerprint(target.found.path, target.found.format).size_bytes
+    return item
+
+
+def _worker_died(job: tuple[Target, Path | None], exitcode: int | None) -> ItemResult:
+    how = (f"killed by {signal.Signals(-exitcode).name}" if exitcode is not None and exitcode < 0
+           else f"exit status {exitcode}")
+    return failed(job[0].found.path, f"the worker converting it died ({how}; out of memory?); "
+                  "nothing was written, run again", "crashed")
 
 
 def _name_clashes(targets: list[Target], options: ConvertOptions) -> dict[Path, Path]:

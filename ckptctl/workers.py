@@ -1,0 +1,135 @@
+"""One function over many items in worker processes, results in the items' order.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: when one of its workers dies (the OOM
+killer, a segfault in a native library, a ``kill``), every pending future fails with
+``BrokenProcessPool``, so one bad checkpoint would fail the batch. Here each worker holds one
+item at a time; a worker that dies fails only that item (``on_crash`` says how) and is
+replaced, and the batch goes on.
+
+Workers are started from a fork server (a clean process without the parent's threads, such
+as the progress bar's) and live for the whole run, so the imports they need are paid once
+per worker. They ignore Ctrl-C: the parent stops them, and the per-checkpoint guarantees
+(temporaries, locks released by the kernel) make a stopped worker harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm allocation or ``taskset`` counts, not the
+    machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _serve(connection: Connection, function: Callable[[T], R]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        task = connection.recv()
+        if task is None:
+            return
+        index, item = task
+        connection.send((index, function(item)))
+
+
+@dataclass
+class _Worker(Generic[T, R]):
+    process: BaseProcess
+    connection: Connection
+    index: int | None = None  # the item it holds
+
+
+def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
+                on_result: Callable[[R], None],
+                on_crash: Callable[[T, int | None], R],
+                preload: Sequence[str] = ()) -> list[R]:
+    """``[function(item) for item in items]`` over ``jobs`` worker processes.
+
+    ``function`` must be picklable (a module-level function or a ``functools.partial`` of
+    one) and must not raise: it returns its failures as results. ``preload`` names modules
+    the fork server imports once for every worker. ``on_result`` sees every
+    result in the items' order, as soon as it and all before it are done. A worker that dies
+    holding an item gives ``on_crash(item, exitcode)`` as that item's result.
+    """
+    # typeshed types get_context() as BaseContext, which lacks Process
+    context: Any = multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+    if preload and hasattr(context, "set_forkserver_preload"):
+        context.set_forkserver_preload(list(preload))
+    pending = deque(range(len(items)))
+    results: dict[int, R] = {}
+    ordered: list[R] = []
+    workers: list[_Worker[T, R]] = []
+
+    def start() -> _Worker[T, R]:
+        parent, child = context.Pipe()
+        process = context.Process(target=_serve, args=(child, function), daemon=True,
+                                  name="ckptctl-worker")
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def settle(index: int, result: R) -> None:
+        results[index] = result
+        while len(ordered) in results:
+            done = results.pop(len(ordered))
+            ordered.append(done)
+            on_result(done)
+
+    try:
+        workers = [start() for _ in range(max(1, min(jobs, len(items))))]
+        while len(ordered) < len(items):
+            for worker in workers:
+                if worker.index is None and pending:
+                    worker.index = pending.popleft()
+                    worker.connection.send((worker.index, items[worker.index]))
+            busy = [w for w in workers if w.index is not None]
+            ready = wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                if worker.connection in ready:
+                    try:
+                        index, result = worker.connection.recv()
+                    except (EOFError, OSError):
+                        pass  # it died while sending: handled as a crash below
+                    else:
+                        worker.index = None
+                        settle(index, result)
+                        continue
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    worker.process.join(1)
+                    held = worker.index
+                    assert held is not None
+                    worker.index = None
+                    workers[workers.index(worker)] = start()
+                    settle(held, on_crash(items[held], worker.process.exitcode))
+        return ordered
+    finally:
+        for worker in workers:
+            if worker.process.is_alive():
+                if worker.index is None:
+                    with contextlib.suppress(OSError):
+                        worker.connection.send(None)
+                else:
+                    worker.process.terminate()
+        for worker in workers:
+            worker.process.join(5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.connection.close()
