@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -38,11 +38,24 @@ if TYPE_CHECKING:
 @options.output_format("text", "jsonl", help="text: one line per checkpoint for people; "
                        "jsonl: one JSON object per checkpoint as it finishes, then a summary "
                        "object (for schedulers and CI).")
+@click.option("--submit", type=click.Choice(["slurm"]),
+              help="Do not convert here: submit the conversion as a Slurm job array (sbatch), "
+                   "one shard per task, --cpus-per-task workers each.")
+@click.option("--array", "array_tasks", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --submit: number of array tasks (shards).")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --submit: CPUs (worker processes) per task.")
+@click.option("--partition", help="With --submit: the Slurm partition.")
+@click.option("--time", "time_limit", metavar="TIME", help="With --submit: the time limit per task (e.g. 4:00:00).")
+@click.option("--wait", is_flag=True,
+              help="With --submit: wait for the array, then summarise it from the tree.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
 def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None,
             output_dir: Path | None, force: bool,
             dry_run: bool, no_recursive: bool, metadata_only: bool, keras_model: str | None,
-            jobs: int | None, shard: str | None, fmt: str, verbose: bool) -> None:
+            jobs: int | None, shard: str | None, fmt: str, submit: str | None,
+            array_tasks: int, cpus_per_task: int, partition: str | None,
+            time_limit: str | None, wait: bool, verbose: bool) -> None:
     """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
 
     Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
@@ -71,6 +84,19 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
         except UsageError as exc:
             raise click.BadParameter(exc.message, param_hint="'--keras-model'") from None
     recursive = not no_recursive
+    if submit is not None:
+        if shard is not None or jobs is not None:
+            console.usage_error("--submit chooses shards and workers itself: drop --shard/--jobs")
+        given = [("--checkpoint", checkpoint), ("--exp-dir", exp_dir), ("--outputs-dir", outputs_dir),
+                 ("--output-dir", output_dir), ("--keras-model", keras_model)]
+        args = [part for flag, value in given if value is not None
+                for part in (flag, str(value if flag == "--keras-model" else Path(value).absolute()))]
+        args += [flag for flag, on in (("--force", force), ("--dry-run", dry_run),
+                                       ("--no-recursive", no_recursive),
+                                       ("--metadata-only", metadata_only)) if on]
+        _submit(console, args, array_tasks, cpus_per_task, partition, time_limit, wait,
+                outputs_dir or exp_dir or (checkpoint.parent if checkpoint else Path.cwd()),
+                output_dir, recursive)
     if checkpoint is not None and not (
         checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".index").exists()
     ):
@@ -102,6 +128,40 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
                     f"skipped {report.count('skipped')}, failed {report.count('failed')}")
     if report.failed:
         console.exit(EXIT_FAILED)
+
+
+def _submit(console: Console, args: list[str], tasks: int, cpus: int, partition: str | None,
+            time_limit: str | None, wait: bool, tree: Path, output_dir: Path | None,
+            recursive: bool) -> NoReturn:
+    from ..errors import UsageError
+    from ..slurm import SlurmArray, SubmitError, submit, task_logs
+
+    try:
+        job = submit(SlurmArray(tasks, cpus, partition, time_limit), args, Path.cwd() / "ckptctl-slurm",
+                     wait)
+    except UsageError as exc:
+        console.usage_error(exc.message)
+    except SubmitError as exc:
+        console.fail(str(exc))
+    console.message(f"submitted job {job.job_id}: {tasks} tasks x {cpus} CPUs; script "
+                    f"{job.script}; logs in {job.log_dir}")
+    if not wait:
+        console.exit(0)
+    records = task_logs(job.log_dir)
+    failed = [r for r in records if r.get("status") == "failed"]
+    for record in failed:
+        console.error(record["source"], f"{record.get('reason')} ({record['task_log']})")
+    from ..ops.scan import scan
+
+    rows = scan([tree], recursive=recursive, output_dir=output_dir).rows
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    converted = sum(r.get("status") == "converted" for r in records)
+    console.message(f"job {job.job_id} done: {converted} converted by {tasks} tasks, "
+                    f"{len(failed)} failed; the tree now: {len(rows)} checkpoints, "
+                    + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"))
+    console.exit(EXIT_FAILED if failed or job.status else 0)
 
 
 def _my_shard(console: Console, option: str | None, targets: list[Target],
