@@ -26,8 +26,14 @@ def temp_prefix(stem: str) -> str:
     return f".{stem}{TEMP_MARKER}-"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
+#: folders whose last renames are not yet fsynced (``write_atomic(..., sync_folder=False)``)
+_UNSYNCED: set[Path] = set()
+
+
+def write_atomic(path: Path, data: bytes, sync_folder: bool = True) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and a rename. With
+    ``sync_folder=False`` the folder's fsync (which makes the rename itself survive a power
+    loss) is left to ``sync_folders``, once for many files."""
     tmp = temp_path_for(path)
     try:
         with open(tmp, "wb") as handle:
@@ -38,7 +44,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
+    else:
+        _UNSYNCED.add(path.parent)
+
+
+def sync_folders() -> None:
+    """fsync every folder ``write_atomic(..., sync_folder=False)`` left unsynced."""
+    while _UNSYNCED:
+        fsync_dir(_UNSYNCED.pop())
 
 
 def fsync_file(path: Path) -> None:

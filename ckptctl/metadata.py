@@ -153,30 +153,76 @@ def _nearest(path: Path, candidates: list[Path]) -> Path | None:
     return max(candidates, key=lambda c: (shared(c), -len(c.parts))) if candidates else None
 
 
+class _RunCache:
+    """Logger files read once per run, not once per checkpoint: an experiment's 20
+    checkpoints share one folder walk and one ``metrics.csv``. Keyed by size and mtime, so a
+    file that changes mid-run is read again; ``start_run`` empties it."""
+
+    def __init__(self) -> None:
+        self.walks: dict[Path, list[Path]] = {}
+        self.metrics: dict[tuple[Path, int, int], dict[int, dict[str, float]] | str] = {}
+
+    def logger_files(self, exp_root: Path) -> list[Path]:
+        if exp_root not in self.walks:
+            self.walks[exp_root] = [p for p in _walk_limited(exp_root, 5)
+                                    if p.name in ("metrics.csv", "hparams.yaml")]
+        return self.walks[exp_root]
+
+    def metrics_by_epoch(self, path: Path) -> dict[int, dict[str, float]] | str:
+        """Each epoch's metrics (later rows of an epoch win), or why the file was skipped."""
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return str(exc)
+        key = (path, info.st_size, info.st_mtime_ns)
+        if key not in self.metrics:
+            self.metrics[key] = _read_metrics_csv(path)
+        return self.metrics[key]
+
+
+_RUN = _RunCache()
+
+
+def start_run() -> None:
+    """Forget the logger files read so far (``convert`` calls it once per run)."""
+    global _RUN
+    _RUN = _RunCache()
+
+
+def _read_metrics_csv(path: Path) -> dict[int, dict[str, float]] | str:
+    by_epoch: dict[int, dict[str, float]] = {}
+    try:
+        with open_regular(path, "r", newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                epoch = _to_int(row.get("epoch"))
+                if epoch is None:
+                    continue
+                merged = by_epoch.setdefault(epoch, {})
+                for column, text in row.items():
+                    if column in ("epoch", "step") or column is None or not text:
+                        continue
+                    try:
+                        merged[column] = float(text)
+                    except ValueError:
+                        continue
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        return f"skipped ({exc})"
+    return by_epoch
+
+
 def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
     """CSVLogger ``metrics.csv`` rows of the checkpoint's epoch, and ``hparams.yaml``."""
-    files = [p for p in _walk_limited(exp_root, 5) if p.name in ("metrics.csv", "hparams.yaml")]
+    files = _RUN.logger_files(exp_root)
     metrics_csv = _nearest(path, [p for p in files if p.name == "metrics.csv"])
     epoch = g.get("training.epoch")
     if metrics_csv is not None and isinstance(epoch, int):
         source = f"metrics.csv:{os.path.relpath(metrics_csv, exp_root)}"
-        merged: dict[str, float] = {}
-        try:
-            with open_regular(metrics_csv, "r", newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    if _to_int(row.get("epoch")) != epoch:
-                        continue
-                    for column, text in row.items():
-                        if column in ("epoch", "step") or column is None or not text:
-                            continue
-                        try:
-                            merged[column] = float(text)
-                        except ValueError:
-                            continue
-        except (OSError, csv.Error, UnicodeDecodeError) as exc:
-            g.notes.append(f"{metrics_csv}: skipped ({exc})")
-        for column, value in merged.items():
-            g.offer_metric(column, value, source)
+        metrics = _RUN.metrics_by_epoch(metrics_csv)
+        if isinstance(metrics, str):
+            g.notes.append(f"{metrics_csv}: {metrics}")
+        else:
+            for column, value in metrics.get(epoch, {}).items():
+                g.offer_metric(column, value, source)
     hparams = _nearest(path, [p for p in files if p.name == "hparams.yaml"])
     if hparams is not None:
         data = _safe_yaml(hparams, g)

@@ -38,11 +38,15 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _serve(connection: Connection, function: Callable[[T], R]) -> None:
+def _serve(connection: Connection, function: Callable[[T], R],
+           finish: Callable[[], None] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         task = connection.recv()
         if task is None:
+            if finish is not None:
+                finish()
+            connection.send(None)  # finished: the parent waits for this before stopping us
             return
         index, item = task
         connection.send((index, function(item)))
@@ -58,12 +62,14 @@ class _Worker(Generic[T, R]):
 def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
                 on_result: Callable[[R], None],
                 on_crash: Callable[[T, int | None], R],
-                preload: Sequence[str] = ()) -> list[R]:
+                preload: Sequence[str] = (),
+                finish: Callable[[], None] | None = None) -> list[R]:
     """``[function(item) for item in items]`` over ``jobs`` worker processes.
 
     ``function`` must be picklable (a module-level function or a ``functools.partial`` of
     one) and must not raise: it returns its failures as results. ``preload`` names modules
-    the fork server imports once for every worker. ``on_result`` sees every
+    the fork server imports once for every worker; ``finish`` (picklable) runs in each
+    worker after its last item. ``on_result`` sees every
     result in the items' order, as soon as it and all before it are done. A worker that dies
     holding an item gives ``on_crash(item, exitcode)`` as that item's result.
     """
@@ -79,7 +85,7 @@ def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
 
     def start() -> _Worker[T, R]:
         parent, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, function), daemon=True,
+        process = context.Process(target=_serve, args=(child, function, finish), daemon=True,
                                   name="ckptctl-worker")
         process.start()
         child.close()
@@ -120,13 +126,18 @@ def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
                     settle(held, on_crash(items[held], worker.process.exitcode))
         return ordered
     finally:
+        stopping = []
         for worker in workers:
-            if worker.process.is_alive():
-                if worker.index is None:
-                    with contextlib.suppress(OSError):
-                        worker.connection.send(None)
-                else:
-                    worker.process.terminate()
+            if worker.process.is_alive() and worker.index is None:
+                with contextlib.suppress(OSError):
+                    worker.connection.send(None)
+                    stopping.append(worker)
+            elif worker.process.is_alive():
+                worker.process.terminate()  # interrupted while it held an item
+        for worker in stopping:  # let each finish (fsync its folders) before it exits
+            with contextlib.suppress(EOFError, OSError):
+                if worker.connection.poll(60):
+                    worker.connection.recv()
         for worker in workers:
             worker.process.join(5)
             if worker.process.is_alive():

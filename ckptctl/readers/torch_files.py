@@ -11,6 +11,7 @@ refuses files that readers could see differently (there and in ``pickle_guard``'
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickletools
 import struct
@@ -136,6 +137,7 @@ class TorchFile:
     # storage key -> (absolute byte offset in the file, byte length, crc32 or None)
     records: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
     refs: dict[str, StorageRef] = field(default_factory=dict)
+    _map: np.ndarray | None = field(default=None, repr=False)
 
     def remember(self, ref: StorageRef) -> StorageRef:
         """One record per storage key: tensors sharing a storage share the record."""
@@ -146,7 +148,16 @@ class TorchFile:
         need = ref.nbytes
         if need == 0:
             return np.empty(0, dtype=np.uint8)
-        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset, shape=(need,))
+        return self._mapped()[offset:offset + need]
+
+    def _mapped(self) -> np.ndarray:
+        """The whole file, memory-mapped read-only once (a map per storage costs a syscall
+        and a path resolution each: most of the time of a small checkpoint)."""
+        if self._map is None:
+            with open_regular(self.path, "rb") as handle:
+                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map = np.frombuffer(mapping, dtype=np.uint8)
+        return self._map
 
     def check_storage(self, ref: StorageRef, data: np.ndarray) -> None:
         """Compare a storage's bytes with the zip's crc32 (catches flipped bytes)."""
