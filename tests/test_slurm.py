@@ -60,3 +60,25 @@ def test_job_array_converts_each_checkpoint_once(slurm_cluster: SlurmCluster,  #
 
     validate = ckptctl(slurm_cluster, "validate", "--deep", "--strict", root, cwd=tmp_path)
     assert validate.returncode == 0, validate.stdout + validate.stderr
+
+
+def test_the_example_sbatch_script_runs_as_documented(slurm_cluster: SlurmCluster,  # noqa: F811
+                                                      example_tree: tuple[Path, dict],
+                                                      tmp_path: Path) -> None:
+    """The README's recipe, by hand: ``sbatch --array=0-1 examples/ckptctl-convert.sbatch``."""
+    import os
+
+    root = tmp_path / "outputs"
+    shutil.copytree(example_tree[0], root)
+    env = {**slurm_cluster.env, "PYTHONPATH": str(REPO),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm_cluster.env['PATH']}"}
+    done = subprocess.run(["sbatch", "--wait", "--array=0-1", "--cpus-per-task=1", "--time=10",
+                           str(REPO / "examples" / "ckptctl-convert.sbatch"), str(root)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    logs = sorted(tmp_path.glob("ckptctl-convert-*.jsonl"))
+    assert len(logs) == 2
+    summaries = [json.loads(log.read_text().splitlines()[-1])["summary"] for log in logs]
+    assert sum(s["converted"] for s in summaries) == len(list(root.rglob("*.metadata.yaml")))
+    assert all(s["failed"] == 0 for s in summaries)
