@@ -29,6 +29,9 @@ sys.path.insert(0, str(REPO / "tests"))
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and the processes it starts) uses its own catalog cache, never ~/.cache."""
     monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    # One checkpoint at a time in the process itself (fault injection and monkeypatches act
+    # there); the tests of --jobs give it explicitly.
+    monkeypatch.setenv("CKPTCTL_JOBS", "1")
 
 
 def _builder() -> Any:

@@ -188,3 +188,14 @@ def test_clashing_sources_land_in_one_shard(tmp_path: Path) -> None:
                            "--jobs", "1")
         failures += [line for line in done.stderr.splitlines() if "clash" in line]
     assert len(failures) == 2, failures
+
+
+def test_jobs_default_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckptctl.cli.options import resolve_jobs
+    from ckptctl.workers import usable_cpus
+
+    assert resolve_jobs(None) == usable_cpus() == len(os.sched_getaffinity(0))
+    assert resolve_jobs(3) == 3
+    monkeypatch.delenv("CKPTCTL_JOBS")
+    help_text = run_process("convert", "--help").stdout
+    assert "CKPTCTL_JOBS" in help_text and "usable CPUs" in help_text

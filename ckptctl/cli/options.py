@@ -33,6 +33,7 @@ OUTPUT_DIR_LOOK = ("Look for outputs under DIR, as written by convert --output-d
 def jobs(what: str) -> Callable[[F], F]:
     """``--jobs N``: worker processes; default: the CPUs this process may use."""
     return click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+                        envvar="CKPTCTL_JOBS", show_envvar=True,
                         help=f"{what} in N worker processes (default: the usable CPUs; 1: one "
                              "at a time in this process).")
 
