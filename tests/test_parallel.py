@@ -199,3 +199,17 @@ def test_jobs_default_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("CKPTCTL_JOBS")
     help_text = run_process("convert", "--help").stdout
     assert "CKPTCTL_JOBS" in help_text and "usable CPUs" in help_text
+
+
+def test_deep_validation_in_workers_finds_what_one_process_finds(two_trees: tuple[Path, Path]) -> None:
+    root = two_trees[0]
+    assert run_process("convert", "--outputs-dir", root, "--jobs", "1").returncode == 0
+    weights = sorted(root.rglob("*.weights.h5"))[3]
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # same size, other bytes: only --deep sees it
+    weights.write_bytes(bytes(data))
+    one = run_process("validate", "--deep", "--format", "json", "--jobs", "1", root)
+    two = run_process("validate", "--deep", "--format", "json", "--jobs", "2", root)
+    assert one.returncode == two.returncode == 1
+    assert json.loads(one.stdout) == json.loads(two.stdout)
+    assert weights.name in one.stdout

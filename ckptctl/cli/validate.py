@@ -16,8 +16,9 @@ from .console import EXIT_FAILED, Console
 @options.output_format("table", "json")
 @options.no_recursive
 @options.output_dir(options.OUTPUT_DIR_LOOK)
+@options.jobs("With --deep, re-hash")
 def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recursive: bool,
-            output_dir: Path | None) -> None:
+            output_dir: Path | None, jobs: int | None) -> None:
     """Check sidecars under PATHS (default: .) against the schema and their files.
 
     Every sidecar must parse and match the schema, and the checkpoint and weights it names
@@ -28,7 +29,7 @@ def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recu
 
     console = Console()
     report = validate(paths or (Path("."),), strict=strict, deep=deep, recursive=not no_recursive,
-                      output_dir=output_dir)
+                      output_dir=output_dir, jobs=options.resolve_jobs(jobs))
     console.warnings(report.warnings)
     if fmt == "json":
         console.json({"ok": report.ok, "sidecars_checked": report.sidecars_checked,

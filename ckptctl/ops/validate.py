@@ -8,6 +8,7 @@ of each given folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -45,8 +46,22 @@ class ValidateReport:
         return not self.problems
 
 
+def _check_one(item: tuple[Path, Path | None], deep: bool,
+               strict: bool) -> tuple[Path, list[tuple[ErrorKind, str]]]:
+    sidecar_path, mirrored_source = item
+    return sidecar_path, list(check_sidecar(sidecar_path, deep, strict, mirrored_source))
+
+
+def _worker_died(item: tuple[Path, Path | None],
+                 exitcode: int | None) -> tuple[Path, list[tuple[ErrorKind, str]]]:
+    return item[0], [("crashed", f"the worker checking it died (exit status {exitcode})")]
+
+
 def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
-             recursive: bool = True, output_dir: Path | None = None) -> ValidateReport:
+             recursive: bool = True, output_dir: Path | None = None,
+             jobs: int = 1) -> ValidateReport:
+    """Check sidecars (and with ``strict`` the checkpoints); with ``deep`` and ``jobs > 1``
+    the re-hashing runs in that many worker processes."""
     paths = list(paths)
     report = ValidateReport()
     sidecar_roots = paths
@@ -58,13 +73,26 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
             if mirrored.exists():
                 mirrors.append((mirrored, source_folder))
         sidecar_roots = [mirrored for mirrored, _ in mirrors]
+    checks: list[tuple[Path, Path | None]] = []
     for sidecar_path in find_sidecars(sidecar_roots, recursive, report.warnings):
         report.sidecars_checked += 1
         mirrored_source = next((src / sidecar_path.parent.relative_to(mirror)
                                 for mirror, src in mirrors if sidecar_path.parent.is_relative_to(mirror)),
                                None)
-        for kind, problem in check_sidecar(sidecar_path, deep, strict, mirrored_source):
-            report.problems.append(Problem(str(sidecar_path), problem, kind))
+        checks.append((sidecar_path, mirrored_source))
+
+    def record(found: tuple[Path, list[tuple[ErrorKind, str]]]) -> None:
+        for kind, problem in found[1]:
+            report.problems.append(Problem(str(found[0]), problem, kind))
+
+    check = functools.partial(_check_one, deep=deep, strict=strict)
+    if deep and jobs > 1 and len(checks) > 1:  # hashing gigabytes: worth worker processes
+        from ..workers import run_ordered
+
+        run_ordered(check, checks, jobs, record, _worker_died)
+    else:
+        for check_item in checks:
+            record(check(check_item))
     if strict:
         found = discover(paths, recursive)
         for item in found.checkpoints:
