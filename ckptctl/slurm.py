@@ -73,6 +73,12 @@ def submit(array: SlurmArray, convert_args: Sequence[str], base_dir: Path,
         raise UsageError("--submit slurm needs sbatch on PATH (is this a Slurm login node?)")
     if array.tasks < 1 or array.cpus_per_task < 1:
         raise UsageError("--array and --cpus-per-task must be at least 1")
+    for what, value in (("--partition", array.partition), ("--time", array.time),
+                        ("the current folder", str(base_dir.absolute()))):
+        # #SBATCH lines end at whitespace: a value holding any would be cut or add a line
+        if value is not None and (not value.isprintable() or any(c.isspace() for c in value)):
+            raise UsageError(f"{what} must not hold spaces or control characters for sbatch: "
+                             f"{value!r}")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = (base_dir / f"{array.job_name}-{stamp}-{os.getpid()}").absolute()
     log_dir.mkdir(parents=True)

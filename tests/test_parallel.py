@@ -213,3 +213,16 @@ def test_deep_validation_in_workers_finds_what_one_process_finds(two_trees: tupl
     assert one.returncode == two.returncode == 1
     assert json.loads(one.stdout) == json.loads(two.stdout)
     assert weights.name in one.stdout
+
+
+def test_sbatch_script_quotes_paths_and_refuses_injection(tmp_path: Path) -> None:
+    """Stops: a folder or option value adding #SBATCH lines or shell commands to the job
+    script (``--partition "debug\\n#SBATCH --uid=0"``, an outputs folder named ``$(reboot)``)."""
+    from ckptctl.slurm import SlurmArray, sbatch_script, submit
+
+    script = sbatch_script(SlurmArray(4, 2), ["--outputs-dir", "/data/$(reboot) x"], tmp_path)
+    assert "'/data/$(reboot) x'" in script
+    assert script.count("#SBATCH") == 5  # job name, array, cpus, output, error
+    for bad in (SlurmArray(2, partition="debug\n#SBATCH --uid=0"), SlurmArray(2, time="1:00 x")):
+        with pytest.raises(UsageError):
+            submit(bad, ["--outputs-dir", "/data"], tmp_path, wait=False)
