@@ -42,8 +42,8 @@ def sbatch_script(array: SlurmArray, convert_args: Sequence[str], log_dir: Path,
              f"#SBATCH --job-name={array.job_name}",
              f"#SBATCH --array=0-{array.tasks - 1}",
              f"#SBATCH --cpus-per-task={array.cpus_per_task}",
-             f"#SBATCH --output={log_dir}/%x-%A_%a.jsonl",
-             f"#SBATCH --error={log_dir}/%x-%A_%a.err"]
+             f"#SBATCH --output={_literal(log_dir)}/%x-%A_%a.jsonl",
+             f"#SBATCH --error={_literal(log_dir)}/%x-%A_%a.err"]
     if array.partition:
         lines.append(f"#SBATCH --partition={array.partition}")
     if array.time:
@@ -54,6 +54,11 @@ def sbatch_script(array: SlurmArray, convert_args: Sequence[str], log_dir: Path,
               "exec " + " ".join(shlex.quote(c) for c in command)
               + ' --jobs "${SLURM_CPUS_PER_TASK:-1}"', ""]
     return "\n".join(lines)
+
+
+def _literal(path: Path) -> str:
+    """A path in an #SBATCH file name, where % starts a pattern (%x, %A …)."""
+    return str(path).replace("%", "%%")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ def submit(array: SlurmArray, convert_args: Sequence[str], base_dir: Path,
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     job_id = done.stdout.strip().split(";")[0]
     if not job_id:
+        shutil.rmtree(log_dir, ignore_errors=True)  # nothing was submitted: leave nothing
         raise SubmitError(f"sbatch refused the job: {done.stderr.strip() or done.returncode}")
     return Submitted(job_id, script, log_dir, done.returncode if wait else None)
 

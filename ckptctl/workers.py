@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,9 +39,16 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _serve(connection: Connection, function: Callable[[T], R],
            finish: Callable[[], None] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Stopped mid-item (the parent was interrupted): unwind, so the item's temporaries are
+    # removed and its lock released, instead of dying where it stands.
+    signal.signal(signal.SIGTERM, _exit_on_term)
     while True:
         task = connection.recv()
         if task is None:
@@ -59,6 +67,14 @@ class _Worker(Generic[T, R]):
     index: int | None = None  # the item it holds
 
 
+def _stop(worker: _Worker[Any, Any]) -> None:
+    worker.index = None
+    if worker.process.is_alive():
+        worker.process.kill()
+    worker.process.join(5)
+    worker.connection.close()
+
+
 def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
                 on_result: Callable[[R], None],
                 on_crash: Callable[[T, int | None], R],
@@ -73,6 +89,13 @@ def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
     result in the items' order, as soon as it and all before it are done. A worker that dies
     holding an item gives ``on_crash(item, exitcode)`` as that item's result.
     """
+    # The fork server and the resource tracker start as ``python -c``, which puts the current
+    # folder first on sys.path: a numpy.py or multiprocessing.py lying there would run.
+    # PYTHONSAFEPATH (Python 3.11+) keeps it off; older Pythons convert in this process.
+    if sys.version_info < (3, 11):
+        return [_in_process(function, item, on_result) for item in items]
+    safe_path = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
     # typeshed types get_context() as BaseContext, which lacks Process
     context: Any = multiprocessing.get_context(
         "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
@@ -101,28 +124,36 @@ def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
     try:
         workers = [start() for _ in range(max(1, min(jobs, len(items))))]
         while len(ordered) < len(items):
-            for worker in workers:
+            for slot, worker in enumerate(workers):
                 if worker.index is None and pending:
-                    worker.index = pending.popleft()
-                    worker.connection.send((worker.index, items[worker.index]))
+                    index = pending.popleft()
+                    try:
+                        worker.connection.send((index, items[index]))
+                    except OSError:  # it died while idle (nothing lost): replace, retry
+                        pending.appendleft(index)
+                        _stop(worker)
+                        workers[slot] = start()
+                        continue
+                    worker.index = index
             busy = [w for w in workers if w.index is not None]
-            ready = wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
+            wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
             for worker in busy:
-                if worker.connection in ready:
+                # A result that arrived counts even if the worker died right after sending it.
+                if worker.connection.poll(0):
                     try:
                         index, result = worker.connection.recv()
                     except (EOFError, OSError):
-                        pass  # it died while sending: handled as a crash below
+                        pass  # it died while sending: a crash, below
                     else:
                         worker.index = None
                         settle(index, result)
                         continue
-                if worker.process.sentinel in ready or not worker.process.is_alive():
+                if not worker.process.is_alive():
                     worker.process.join(1)
                     held = worker.index
                     assert held is not None
-                    worker.index = None
                     workers[workers.index(worker)] = start()
+                    _stop(worker)
                     settle(held, on_crash(items[held], worker.process.exitcode))
         return ordered
     finally:
@@ -144,3 +175,13 @@ def run_ordered(function: Callable[[T], R], items: Sequence[T], jobs: int,
                 worker.process.kill()
                 worker.process.join()
             worker.connection.close()
+        if safe_path is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe_path
+
+
+def _in_process(function: Callable[[T], R], item: T, on_result: Callable[[R], None]) -> R:
+    result = function(item)
+    on_result(result)
+    return result

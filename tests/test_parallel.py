@@ -226,3 +226,65 @@ def test_sbatch_script_quotes_paths_and_refuses_injection(tmp_path: Path) -> Non
     for bad in (SlurmArray(2, partition="debug\n#SBATCH --uid=0"), SlurmArray(2, time="1:00 x")):
         with pytest.raises(UsageError):
             submit(bad, ["--outputs-dir", "/data"], tmp_path, wait=False)
+
+
+def test_an_array_task_naming_its_own_experiment_converts_all_of_it(
+        two_trees: tuple[Path, Path]) -> None:
+    """Stops: a "one task per experiment" Slurm array (``--exp-dir exp$TASK``) silently
+    converting a quarter of each experiment because the array variables were read as a
+    shard. Found: hostile review of the parallel code (issue 11)."""
+    root = two_trees[0]
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+    done = subprocess.run([sys.executable, "-m", "ckptctl", "convert", "--exp-dir",
+                           str(root / "mlp_minloss"), "--format", "jsonl"], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "shard" not in done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])["summary"]
+    assert summary["converted"] == len(list((root / "mlp_minloss").rglob("*.ckpt")))
+
+
+def test_modules_in_the_current_folder_never_run_in_workers(two_trees: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:
+    """Stops: a numpy.py or multiprocessing.py in the current folder running when worker
+    processes start (python -c puts the folder first on sys.path). Found: hostile review of
+    the parallel code (issue 11)."""
+    root = two_trees[0]
+    here = tmp_path / "here"
+    here.mkdir()
+    for name in ("numpy", "multiprocessing", "h5py"):
+        marker = here / f"PWNED_{name}"
+        (here / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args in (["convert", "--outputs-dir", str(root), "--jobs", "2"],
+                 ["validate", "--deep", "--jobs", "2", str(root)]):
+        done = subprocess.run([sys.executable, "-m", "ckptctl", *args], cwd=here, env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in here.glob("PWNED_*")) == []
+
+
+def test_sigterm_stops_workers_and_leaves_nothing_busy(tmp_path: Path) -> None:
+    """Stops: SIGTERM (a scheduler's kill) leaving orphan workers that keep converting and
+    make the next run skip their checkpoints as busy. Found: hostile review of the parallel
+    code (issue 11)."""
+    import torch
+
+    root = tmp_path / "outputs"
+    (root / "exp").mkdir(parents=True)
+    for i in range(4):
+        torch.save({"w": torch.randn(20_000_000)}, root / "exp" / f"big{i}.pt")
+    process = subprocess.Popen([sys.executable, "-m", "ckptctl", "convert", "--outputs-dir",
+                                str(root), "--jobs", "2"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((root / "exp").glob(".big*.ckptctl-tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    time.sleep(0.5)
+    assert list((root / "exp").glob(".big*.ckptctl-tmp-*")) == []  # the workers unwound
+    again = run_process("convert", "--outputs-dir", root, "--jobs", "2", "-v")
+    assert again.returncode == 0 and "busy" not in again.stdout + again.stderr, again.stderr

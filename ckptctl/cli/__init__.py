@@ -7,7 +7,9 @@ and the light commands never pay for (or import) numpy-heavy code, torch or tens
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -56,16 +58,32 @@ def cli() -> None:
 
 #: exit code for Ctrl-C (128 + SIGINT), as shells report it
 EXIT_INTERRUPTED = 130
+#: exit code for SIGTERM (128 + 15)
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``timeout``): unwind like Ctrl-C, so worker processes are
+    stopped and temporaries removed, then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> Any:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return cli.main(args=argv, prog_name="ckptctl", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt) as exc:
         # also during a lazy import, before click could turn it into "Aborted!"
-        click.echo("interrupted: outputs already converted are complete; no partial outputs "
-                   "were left", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        click.echo("interrupted: outputs already converted are complete; a checkpoint being "
+                   "converted left at most hidden temporaries, which the next run removes",
+                   err=True)
+        # click turns the interrupt into Abort, keeping it as the cause
+        terminated = any(isinstance(e, _Terminated) for e in (exc, exc.__cause__, exc.__context__))
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)

@@ -85,7 +85,8 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
             raise click.BadParameter(exc.message, param_hint="'--keras-model'") from None
     recursive = not no_recursive
     if submit is not None:
-        if shard is not None or jobs is not None:
+        given_jobs = click.get_current_context().get_parameter_source("jobs")
+        if shard is not None or given_jobs == click.core.ParameterSource.COMMANDLINE:
             console.usage_error("--submit chooses shards and workers itself: drop --shard/--jobs")
         given = [("--checkpoint", checkpoint), ("--exp-dir", exp_dir), ("--outputs-dir", outputs_dir),
                  ("--output-dir", output_dir), ("--keras-model", keras_model)]
@@ -113,8 +114,11 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     run_options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
                                  keras_model=keras_model, output_dir=output_dir,
                                  jobs=options.resolve_jobs(jobs))
-    targets = _my_shard(console, shard, targets, run_options,
-                        checkpoint.parent if checkpoint is not None else exp_dir or outputs_dir)
+    # A Slurm array splits a whole tree by itself; an array whose tasks each name their own
+    # --exp-dir or --checkpoint must not silently convert a fraction of it.
+    if shard is not None or outputs_dir is not None:
+        targets = _my_shard(console, shard, targets, run_options,
+                            checkpoint.parent if checkpoint is not None else exp_dir or outputs_dir)
     report = _run(console, targets, run_options, fmt)
     done: Status = "would convert" if dry_run else "converted"
     if fmt == "jsonl":
