@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 @options.jobs("Convert checkpoints")
 @click.option("--shard", metavar="K/N",
               help="Convert only shard K of N (0-based; the same split on every machine). "
-                   "'--shard N' takes K from the scheduler; inside a Slurm job array the "
-                   "array's own task id and count are used when --shard is not given.")
+                   "'--shard N' takes K from the scheduler; an --outputs-dir run inside a "
+                   "Slurm job array uses the array's task id and count when --shard is not "
+                   "given.")
 @options.output_format("text", "jsonl", help="text: one line per checkpoint for people; "
                        "jsonl: one JSON object per checkpoint as it finishes, then a summary "
                        "object (for schedulers and CI).")
