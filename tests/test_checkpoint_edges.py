@@ -51,3 +51,25 @@ def test_manager_checkpoints_keep_the_logged_float32_and_have_no_false_conflicts
             assert len(repr(doc["metrics"]["best_metric"])) <= len(repr(shortest))
         checked += 1
     assert checked >= 3
+
+
+def test_big_torch_files_are_mapped_a_storage_at_a_time(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stops: a whole-file memory map kept for the conversion of a big checkpoint (every page
+    it touched stayed mapped: peak RSS grew from 327 MiB to 1.2 GB on the 1.1 GB benchmark).
+    Found: bench_convert after the per-checkpoint changes (issue 11)."""
+    import torch
+
+    from ckptctl.readers import torch_files
+
+    path = tmp_path / "two.pt"
+    torch.save({"a": torch.arange(1000.0), "b": torch.ones(1000)}, path)
+    monkeypatch.setattr(torch_files, "WHOLE_FILE_MAP_BYTES", 1024)  # "big" for this test
+    checkpoint = torch_files.open_torch(path)
+    values = {k: t.read(checkpoint, False) for k, t in checkpoint.obj.items()}
+    assert values["a"][-1] == 999.0 and values["b"].sum() == 1000
+    assert checkpoint._map is None
+    monkeypatch.setattr(torch_files, "WHOLE_FILE_MAP_BYTES", 1 << 30)  # small: one map
+    checkpoint = torch_files.open_torch(path)
+    assert checkpoint.obj["a"].read(checkpoint, False)[-1] == 999.0
+    assert checkpoint._map is not None

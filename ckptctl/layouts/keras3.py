@@ -30,13 +30,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..budgets import spend_output
 from ..errors import CkptError, VerificationError
-from ..readers.tensor import STORAGE_NUMPY
+
+if TYPE_CHECKING:  # numpy is imported only when weights are written: scan never needs it
+    import numpy as np
 
 _RNN = ("kernel", "recurrent_kernel", "bias")
 _DENSE = ("kernel", "bias")
@@ -489,6 +489,7 @@ def write_keras3_weights(dest: Path, model: KLayer, mapped: list[MappedVariable]
     """Write ``mapped`` in Keras 3's layout. Returns (tensor count, elements, checksums)."""
     import h5py
 
+    from ..readers.tensor import STORAGE_NUMPY
     from .ckptctl_tensors import checksum
 
     count = elements = 0

@@ -46,6 +46,9 @@ LEGACY_HEAD = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
 MAX_PICKLE_BYTES = 1 << 30
 #: torch writes data.pkl stored; a deflated one (a re-zipped file) may expand this much, no more.
 MAX_PICKLE_INFLATION = 100
+#: Files up to this size are mapped once, whole; bigger ones a storage at a time, so the
+#: pages of a 10 GB checkpoint are not all held mapped (peak RSS stays near one tensor).
+WHOLE_FILE_MAP_BYTES = 64 << 20
 _MAGIC_OPCODES = frozenset({"PROTO", "FRAME", "LONG1", "LONG4", "LONG", "INT"})
 #: What ``zipfile`` raises on damaged archives (no single error type of its own).
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, KeyError,
@@ -138,6 +141,7 @@ class TorchFile:
     records: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
     refs: dict[str, StorageRef] = field(default_factory=dict)
     _map: np.ndarray | None = field(default=None, repr=False)
+    _file_size: int | None = field(default=None, repr=False)
 
     def remember(self, ref: StorageRef) -> StorageRef:
         """One record per storage key: tensors sharing a storage share the record."""
@@ -148,10 +152,18 @@ class TorchFile:
         need = ref.nbytes
         if need == 0:
             return np.empty(0, dtype=np.uint8)
+        if self._size() > WHOLE_FILE_MAP_BYTES:
+            # a map per storage, dropped after use: a big file's pages never stay mapped
+            return np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset, shape=(need,))
         return self._mapped()[offset:offset + need]
 
+    def _size(self) -> int:
+        if self._file_size is None:
+            self._file_size = self.path.stat().st_size
+        return self._file_size
+
     def _mapped(self) -> np.ndarray:
-        """The whole file, memory-mapped read-only once (a map per storage costs a syscall
+        """A small file, memory-mapped read-only once (a map per storage costs a syscall
         and a path resolution each: most of the time of a small checkpoint)."""
         if self._map is None:
             with open_regular(self.path, "rb") as handle:
