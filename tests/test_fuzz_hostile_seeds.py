@@ -25,39 +25,6 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
 
-CHILD = r"""
-import json, random, resource, sys, time, traceback
-from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-from test_fuzz_readers import exercise
-from ckptctl.errors import CkptError
-cases = json.loads(sys.argv[1]); out = Path(sys.argv[2])
-rng = random.Random(20261130)
-worst, escaped = 0.0, []
-for name, path, fmt in cases:
-    data = Path(path).read_bytes()
-    for i in range(40):
-        mutated = bytearray(data)
-        if i:  # the seed itself first, then mutations
-            for _ in range(rng.randint(1, 6)):
-                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-            if rng.random() < 0.25:
-                mutated = mutated[: rng.randrange(1, len(mutated))]
-        target = out / Path(path).name
-        target.write_bytes(bytes(mutated))
-        start = time.monotonic()
-        try:
-            exercise(target, fmt)
-        except CkptError:
-            pass
-        except Exception as exc:
-            escaped.append(f"{name}#{i}: {type(exc).__name__}: {str(exc)[:120]}")
-        worst = max(worst, time.monotonic() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"worst_seconds": worst, "peak_rss_kib": peak, "escaped": escaped}))
-"""
-
 
 def seed_builders() -> dict[str, tuple[Callable[[Path], Path], str]]:
     """name -> (builder(tmp_path) -> file, the format convert would read it as)."""
@@ -70,18 +37,19 @@ def seed_builders() -> dict[str, tuple[Callable[[Path], Path], str]]:
 def test_hostile_seeds_and_their_mutations_fail_cleanly(tmp_path: Path) -> None:
     """Stops: a mutated attack file (each class of issue 10 as a seed) escaping as a
     non-CkptError, taking > 5 s or > 1.5 GB. Found: hostile review (issue 10)."""
+    from test_fuzz_readers import CHILD  # the memory-capped seeded mutation loop
+
     cases = []
     for name, (build, fmt) in seed_builders().items():
         folder = tmp_path / name
         folder.mkdir()
-        cases.append((name, str(build(folder)), fmt))
+        cases.append((str(build(folder)), fmt))
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases), str(work), str(HERE)],
                           capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]  # a non-CkptError ends the child
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["escaped"] == [], report["escaped"]
     assert report["worst_seconds"] < 5, report
     assert report["peak_rss_kib"] < 1_500_000, report
 

@@ -70,6 +70,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from ..budgets import size_text
 from ..errors import BudgetExceededError, CorruptCheckpointError, UnsupportedCheckpointError
 from ..safeio import open_regular
 
@@ -260,11 +261,11 @@ class ReadBudget:
 
     def spend(self, nbytes: int, what: str, stored: int) -> None:
         if self.inflated + nbytes > self.limit:
-            before = f" (after {_size(self.inflated)} from other datasets)" if self.inflated else ""
+            before = f" (after {size_text(self.inflated)} from other datasets)" if self.inflated else ""
             raise BudgetExceededError(
-                f"{what} inflating from {_size(stored)} to {_size(nbytes)}{before}",
-                f"the read budget of {_size(self.limit)} ({INFLATE_RATIO}x the file's "
-                f"{_size(self.file_size)}; a decompression bomb?)")
+                f"{what} inflating from {size_text(stored)} to {size_text(nbytes)}{before}",
+                f"the read budget of {size_text(self.limit)} ({INFLATE_RATIO}x the file's "
+                f"{size_text(self.file_size)}; a decompression bomb?)")
         self.inflated += nbytes
 
 
@@ -439,12 +440,12 @@ def _check(dsid: Any, path: str, budget: ReadBudget,
     logical = math.prod(int(n) for n in shape) * int(dsid.get_type().get_size())
     stored = int(dsid.get_storage_size())
     if stored > budget.file_size:
-        raise CorruptCheckpointError(f"refused: dataset {name} claims {_size(stored)} of storage, "
-                                     f"more than the file's {_size(budget.file_size)}")
+        raise CorruptCheckpointError(f"refused: dataset {name} claims {size_text(stored)} of storage, "
+                                     f"more than the file's {size_text(budget.file_size)}")
     if layout in (h5d.CONTIGUOUS, h5d.COMPACT):
         if logical and stored < logical:
             raise CorruptCheckpointError(
-                f"refused: dataset {name} declares {_size(logical)} but stores {_size(stored)} "
+                f"refused: dataset {name} declares {size_text(logical)} but stores {size_text(stored)} "
                 "(never written?)")
         offset = dsid.get_offset() if layout == h5d.CONTIGUOUS and stored else None
         if extents is not None and offset is not None:
@@ -466,7 +467,7 @@ def _check(dsid: Any, path: str, budget: ReadBudget,
     written = int(dsid.get_num_chunks())
     if written < expected:
         raise CorruptCheckpointError(
-            f"refused: dataset {name} declares {_size(logical)} in {expected} chunks but stores "
+            f"refused: dataset {name} declares {size_text(logical)} in {expected} chunks but stores "
             f"{written} (never written?)")
     if stored < logical:
         budget.spend(logical, f"dataset {name}", stored)
@@ -504,7 +505,7 @@ def _precheck_deflate(dsid: Any, name: str, pipeline: list[int], chunk_bytes: in
     for offset, mask, _, size in chunks:
         if size > budget.file_size:
             raise CorruptCheckpointError(
-                f"refused: dataset {name} claims a chunk of {_size(size)}, more than the file")
+                f"refused: dataset {name} claims a chunk of {size_text(size)}, more than the file")
         _, data = dsid.read_direct_chunk(offset)
         for index in reversed(range(len(pipeline))):  # reading undoes the filters last first
             if mask & (1 << index):
@@ -522,7 +523,7 @@ def _precheck_deflate(dsid: Any, name: str, pipeline: list[int], chunk_bytes: in
                 if len(data) > bound:
                     raise BudgetExceededError(
                         f"dataset {name}: a deflate chunk at {offset} inflating past its own size "
-                        f"({_size(bound)}; a decompression bomb?)",
+                        f"({size_text(bound)}; a decompression bomb?)",
                         "what a chunk can hold")
 
 
@@ -549,11 +550,3 @@ def _shown(name: str, limit: int = 120) -> str:
                        for c in name)
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
-
-def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
