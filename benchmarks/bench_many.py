@@ -80,6 +80,64 @@ for path in sorted(Path(sys.argv[1]).rglob("*.ckpt")):
 """
 
 
+# Where one checkpoint's time goes: ``convert`` in-process over the tree, with timers around
+# the product's own functions (in that child only). Names that no longer exist are skipped.
+PHASES = r"""
+import functools, json, sys, time
+from collections import defaultdict
+from pathlib import Path
+tree = Path(sys.argv[1])
+spent, calls, missing = defaultdict(float), defaultdict(int), []
+import ckptctl.ops.convert as C
+import ckptctl.layouts.ckptctl_tensors as L
+WRAP = [(C, "plan_conversion", "read the source (zip, pickle pre-pass, unpickle) + metadata"),
+        (C, "_write_weights", "weights: write + verify + hash + fsync"),
+        (L, "write_tensors", "  of which: write the HDF5 file"),
+        (L, "verify_datasets", "  of which: read back and compare crc32"),
+        (C, "sha256_files", "sha256 (source and weights)"),
+        (C, "fsync_file", "fsync the weights file"),
+        (C, "fsync_dir", "fsync the folder after the rename"),
+        (C, "_build_sidecar", "build and validate the sidecar (pydantic)"),
+        (C, "sidecar_yaml", "sidecar to YAML"),
+        (C, "write_atomic", "write the sidecar (temp file, fsync, rename)"),
+        (C, "_convert_one", "one checkpoint, in all")]
+for module, name, label in WRAP:
+    original = getattr(module, name, None)
+    if original is None:
+        missing.append(name)
+        continue
+    def timed(*args, __f=original, __label=label, **kwargs):
+        start = time.perf_counter()
+        try:
+            return __f(*args, **kwargs)
+        finally:
+            spent[__label] += time.perf_counter() - start
+            calls[__label] += 1
+    setattr(module, name, timed)
+targets, _ = C.targets_for_outputs_dir(tree, True)
+report = C.convert(targets, C.ConvertOptions(force=True))
+n = len(report.items)
+print(json.dumps({"checkpoints": n, "missing": missing,
+                  "ms_per_checkpoint": {k: spent[k] / n * 1000 for k in spent}}))
+"""
+
+
+def phases(tree: Path, runs: int = 3) -> dict[str, Any]:
+    """Median milliseconds per checkpoint of each phase, over ``runs`` in-process runs."""
+    import statistics
+
+    results = []
+    for _ in range(runs):
+        clean(tree)
+        out = subprocess.run([PYTHON, "-c", PHASES, str(tree)], check=True, capture_output=True,
+                             text=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    labels = list(results[0]["ms_per_checkpoint"])
+    return {"missing": results[0]["missing"],
+            "ms_per_checkpoint": {k: statistics.median(r["ms_per_checkpoint"].get(k, 0.0)
+                                                       for r in results) for k in labels}}
+
+
 def clean(tree: Path) -> None:
     for pattern in ("*.weights.h5", "*.metadata.yaml", "*.naive.h5", ".*.ckptctl-lock"):
         for path in tree.rglob(pattern):
@@ -113,7 +171,10 @@ def run(repeat: int, experiments: int, per_exp: int, keep: bool) -> dict[str, An
                     series[name].runs.append(measured)
             log(f"round {round_}/{repeat} done")
         naive, one, two = (series[n] for n in commands)
+        log("phases (in-process) ...")
+        breakdown = phases(tree)
         return {
+            "phases": breakdown,
             "checkpoints": count, "bytes": size,
             "seconds": {n: s.seconds for n, s in series.items()},
             "all_seconds": {n: s.all_seconds for n, s in series.items()},
@@ -141,7 +202,13 @@ def report(result: dict[str, Any]) -> str:
         f"* `--jobs 1` / naive loop: **{result['jobs1_over_naive']:.2f}x** the time (paired "
         f"{result['jobs1_over_naive_paired']:.2f}x); target <= 1.0: {verdict(one_ok)}",
         f"* `--jobs 2` speed-up over `--jobs 1`: **{result['jobs2_speedup']:.2f}x** (paired "
-        f"{result['jobs2_speedup_paired']:.2f}x); target >= 1.7: {verdict(two_ok)}", ""])
+        f"{result['jobs2_speedup_paired']:.2f}x); target >= 1.7: {verdict(two_ok)}", "",
+        "Where one checkpoint's time goes (`--jobs 1`, in-process, median of 3 runs; "
+        "phases not found in the product: "
+        f"{', '.join(result['phases']['missing']) or 'none'}):", "",
+        markdown_table(["phase", "ms per checkpoint"],
+                       [[label, f"{ms:.2f}"] for label, ms in
+                        result["phases"]["ms_per_checkpoint"].items()]), ""])
 
 
 def main() -> int:

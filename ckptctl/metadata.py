@@ -23,7 +23,6 @@ from typing import Any, Final, Literal, get_args
 from .budgets import MAX_FLOW_NESTING, flow_nesting_exceeds
 from .filename_tokens import parse_filename
 from .safeio import open_regular
-from .yamlio import SafeLoader, _has_alias
 
 #: Every sidecar field a gatherer may offer (``group.field``); metrics use ``offer_metric``.
 FieldPath = Literal[
@@ -268,6 +267,8 @@ def _load_yaml(text: bytes) -> Any:
     """``yamlio.load_yaml_file`` on bytes already read and checked: the safe loader, aliases
     refused."""
     import yaml
+
+    from .yamlio import SafeLoader, _has_alias  # PyYAML only when a YAML file is read
 
     if b"*" in text and _has_alias(text):
         raise ValueError("YAML aliases are not allowed")

@@ -58,11 +58,18 @@ def exercise(path: Path, fmt: str) -> None:
             plan.write(path.with_name(path.name + ".out.weights.h5"))
 
 
+#: A reader's CPU time on one hostile file (CPU, not wall: a loaded CI machine must not fail
+#: a test that guards against quadratic work), and a wall-clock bound against hangs.
+MAX_CPU_SECONDS = 5
+MAX_WALL_SECONDS = 60
+
+
 def assert_only_ckpt_errors(path: Path, fmt: str) -> None:
-    started = time.monotonic()
+    started, started_cpu = time.monotonic(), time.process_time()
     with contextlib.suppress(CkptError):
         exercise(path, fmt)
-    assert time.monotonic() - started < 5, "a reader took too long on hostile bytes"
+    assert time.process_time() - started_cpu < MAX_CPU_SECONDS, "a reader took too long on hostile bytes"
+    assert time.monotonic() - started < MAX_WALL_SECONDS, "a reader hung on hostile bytes"
 
 
 def fixture_bytes(root: Path, rel: str) -> bytes:
@@ -186,14 +193,15 @@ def test_hdf5_indirection_seeds_fuzz(tmp_path: Path, kind: str, attack: str) -> 
     def run(mutated: bytes) -> None:
         target = tmp_path / seed.name
         target.write_bytes(mutated)
-        started = time.monotonic()
+        started, started_cpu = time.monotonic(), time.process_time()
         with contextlib.suppress(CkptError):
             if kind == "ckptctl-tensors":
                 arrays = ckptctl.load_weights(target)
                 assert all(secret[:16] not in a.tobytes() for a in arrays.values())
             else:
                 exercise(target, kind)
-        assert time.monotonic() - started < 5, "a reader took too long on hostile bytes"
+        assert time.process_time() - started_cpu < MAX_CPU_SECONDS, "a reader took too long"
+        assert time.monotonic() - started < MAX_WALL_SECONDS, "a reader hung on hostile bytes"
         for output in tmp_path.glob("*.out.weights.h5"):
             assert secret[:16] not in output.read_bytes(), "the secret leaked into the output"
 
@@ -209,7 +217,7 @@ from ckptctl.errors import CkptError
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 cases = json.loads(sys.argv[1]); out = Path(sys.argv[2])
 rng = random.Random(1234)
-worst = 0.0
+worst = worst_wall = 0.0  # CPU seconds (other load on the machine does not count), wall
 for path, fmt in cases:
     data = Path(path).read_bytes()
     for i in range(60):
@@ -220,14 +228,19 @@ for path, fmt in cases:
             mutated = mutated[: rng.randrange(len(mutated))]
         target = out / Path(path).name
         target.write_bytes(bytes(mutated))
-        start = time.monotonic()
+        start, start_cpu = time.monotonic(), time.process_time()
         try:
             exercise(target, fmt)
         except CkptError:
             pass
-        worst = max(worst, time.monotonic() - start)
+        worst = max(worst, time.process_time() - start_cpu)
+        worst_wall = max(worst_wall, time.monotonic() - start)
+# VmHWM: this process's own peak RSS. ru_maxrss would start at the high-water mark of the
+# pytest process that started it (carried across exec), which grows with the tests before.
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"worst_seconds": worst, "peak_rss_kib": peak}))
+with open("/proc/self/status") as status:
+    peak = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), peak)
+print(json.dumps({"worst_seconds": worst, "worst_wall_seconds": worst_wall, "peak_rss_kib": peak}))
 """
 
 
@@ -246,7 +259,8 @@ def test_seeded_mutations_stay_within_memory_and_time(example_tree: tuple[Path, 
                            str(Path(__file__).parent)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["worst_seconds"] < 5, report
+    assert report["worst_seconds"] < MAX_CPU_SECONDS, report
+    assert report["worst_wall_seconds"] < MAX_WALL_SECONDS, report
     assert report["peak_rss_kib"] < 1_500_000, report  # well inside the 3 GiB cap
 
 
@@ -305,5 +319,6 @@ def test_budget_seeds_stay_within_memory_and_time(tmp_path: Path) -> None:
                            str(Path(__file__).parent)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["worst_seconds"] < 5, report
+    assert report["worst_seconds"] < MAX_CPU_SECONDS, report
+    assert report["worst_wall_seconds"] < MAX_WALL_SECONDS, report
     assert report["peak_rss_kib"] < 1_500_000, report

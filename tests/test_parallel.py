@@ -148,6 +148,23 @@ def test_slurm_array_variables_choose_the_shard(two_trees: tuple[Path, Path]) ->
     assert "shard 1/4 (from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)" in done.stderr
 
 
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "Error: SLURM_ARRAY_TASK_ID: 'x' is not a whole number"),
+    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "Error: shard 7/4 (from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT): need 0 <= K < N"),
+])
+def test_bad_scheduler_variables_are_named_not_blamed_on_shard(
+        two_trees: tuple[Path, Path], env: dict[str, str], message: str) -> None:
+    """A usage error from the environment names the variable; no --shard was given."""
+    done = subprocess.run([sys.executable, "-m", "ckptctl", "convert", "--outputs-dir",
+                           str(two_trees[0]), "--dry-run"], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == message
+    assert "--shard'" not in done.stderr
+
+
 def test_shard_resolution() -> None:
     assert resolve_shard(None, {}) is None
     assert resolve_shard("2/8", {}) == Shard(2, 8, "--shard")

@@ -58,6 +58,36 @@ def test_commands_do_not_import_ml_frameworks(small_converted_tree: Path, args: 
     assert heavy_modules_after(*resolved) == []
 
 
+#: What ``scan`` of checkpoints without sidecars does not need either (README: "Light by
+#: default"): each costs 10-80 ms of start-up, and scan's whole process is ~100 ms.
+NOT_FOR_SCAN = ("numpy", "ml_dtypes", "pydantic", "yaml", "h5py", "rich")
+
+
+def modules_after(args: list[str], names: tuple[str, ...]) -> list[str]:
+    code = PROBE.format(args=args, heavy=names)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = [x for x in out.stderr.splitlines() if x.startswith("HEAVY=")][-1]
+    return [m for m in line.removeprefix("HEAVY=").split(",") if m]
+
+
+def test_scan_of_torch_checkpoints_needs_no_numpy_pydantic_or_yaml(tmp_path: Path) -> None:
+    """A Lightning-shaped zip checkpoint (hyper-parameters, callback state with tensor
+    scores) and a legacy (pre-1.6) one: their structure and metadata are read without
+    numpy; pydantic and PyYAML are not needed when no sidecar exists."""
+    (tmp_path / "exp").mkdir()
+    state = {"state_dict": {"w": torch.ones(3, 2), "b": torch.zeros(2, dtype=torch.bfloat16)},
+             "epoch": 3, "global_step": 30, "hyper_parameters": {"lr": 0.1, "layers": [2, 3]},
+             "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {
+                 "best_model_score": torch.tensor(0.25), "monitor": "val_loss"}}}
+    torch.save(state, tmp_path / "exp/zip.ckpt")
+    torch.save(state, tmp_path / "exp/legacy.pt", _use_new_zipfile_serialization=False)
+    args = ["scan", "--format", "json", str(tmp_path)]
+    assert modules_after(args, NOT_FOR_SCAN) == []
+    rows = json.loads(run_cli(*args).output)
+    assert sorted((Path(r["path"]).name, r["format"], r["status"]) for r in rows) == [
+        ("legacy.pt", "torch-legacy", "not converted"), ("zip.ckpt", "torch-zip", "not converted")]
+
+
 def test_committed_json_schema_is_current() -> None:
     committed = (REPO / "schemas" / "sidecar-1.0.schema.json").read_text()
     assert committed == json_schema_text(), "run `make schema` to regenerate schemas/"

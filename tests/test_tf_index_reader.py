@@ -437,6 +437,24 @@ def test_reader_does_not_import_tensorflow(ckpts: Ckpts) -> None:
     assert json.loads(result.stdout) == []
 
 
+@pytest.mark.slow
+def test_scan_of_tf_checkpoints_needs_no_numpy(ckpts: Ckpts) -> None:
+    """``scan`` opens the index, checks every entry against its shard and reads the
+    CheckpointManager state without numpy (values are only read by convert)."""
+    folders = sorted({str(Path(p).parent) for p in ckpts.values()})
+    script = (
+        "import sys, json\n"
+        "from ckptctl.ops.scan import scan\n"
+        "rows = scan([__import__('pathlib').Path(p) for p in sys.argv[1:]]).rows\n"
+        "print(json.dumps([sorted(m for m in ('numpy', 'pydantic', 'yaml', 'h5py') if m in sys.modules),\n"
+        "                  sorted({r.status for r in rows if r.format == 'tf-index'})]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[], ["not converted"]]
+
+
 # --- broken checkpoints -------------------------------------------------------------------------
 
 

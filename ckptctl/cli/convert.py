@@ -178,7 +178,9 @@ def _my_shard(console: Console, option: str | None, targets: list[Target],
     try:
         shard = resolve_shard(option)
     except UsageError as exc:
-        raise click.BadParameter(exc.message, param_hint="'--shard'") from None
+        if option is not None and "/" in option:  # the value given is wrong
+            raise click.BadParameter(exc.message, param_hint="'--shard'") from None
+        console.usage_error(exc.message)  # the scheduler's variables are: they name themselves
     if shard is None:
         return targets
     assert root is not None

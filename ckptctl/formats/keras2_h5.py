@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import CorruptCheckpointError
-from ..layouts.keras3 import KLayer, Unmappable, all_variables
 from ..metadata import Gathered
 from ..readers.keras_files import HDF5_MAGIC, h5_kind
 from . import base
@@ -20,6 +19,7 @@ from .keras_weights import keras3_or_fallback
 
 if TYPE_CHECKING:
     from ..layouts.ckptctl_tensors import TensorToWrite
+    from ..layouts.keras3 import KLayer
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -119,6 +119,7 @@ class OpenedKeras2H5(base.OpenedSource):
         g.offer("contents.rng_state", False, src)
 
     def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
+        from ..layouts.keras3 import Unmappable, all_variables
         from ..readers.keras_model import keras_model_from_h5
 
         model: KLayer | None

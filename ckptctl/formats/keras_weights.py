@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import __version__
 from ..errors import KerasModelMismatchError, UnsupportedCheckpointError, UsageError
-from ..layouts.keras3 import KLayer, Unmappable, keras3_mapping, write_keras3_weights
 from ..metadata import Gathered
 from . import base
 
 if TYPE_CHECKING:
     from ..layouts.ckptctl_tensors import TensorToWrite
+    from ..layouts.keras3 import KLayer
 
 KERAS3_LAYOUT = "keras3"
 TENSORS_LAYOUT = "ckptctl-tensors"  # layouts.ckptctl_tensors.LAYOUT, without importing h5py
@@ -29,6 +29,8 @@ KERAS3_LAYOUT_VERSION = "1.0"
 
 
 def _keras3_writer(model: KLayer, source_format: base.FormatId, options: base.WeightsOptions) -> base.WeightsWriter:
+    from ..layouts.keras3 import keras3_mapping, write_keras3_weights
+
     mapped = keras3_mapping(model)  # raises Unmappable before anything is written
 
     def write(tmp: Path) -> base.WrittenWeights:
@@ -71,6 +73,8 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
     """The Keras 3 layout when ``model`` maps onto it with certainty; with --keras-model,
     the user's model filled variable by variable; else every model variable in the
     ``ckptctl-tensors`` layout, with a note saying why."""
+    from ..layouts.keras3 import Unmappable
+
     if model is not None:
         try:
             plan = base.WeightsPlan(write=_keras3_writer(model, fmt, options))

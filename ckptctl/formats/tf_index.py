@@ -13,15 +13,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..layouts.keras3 import KLayer, Unmappable
 from ..metadata import Gathered
-from ..readers.tf_index import TFIndexCheckpoint, is_tf_index, open_tf_index, read_state_file
 from ..walk import glob_escape
 from . import base
 from .keras_weights import keras3_or_fallback
 
 if TYPE_CHECKING:
     from ..layouts.ckptctl_tensors import TensorToWrite
+    from ..layouts.keras3 import KLayer
+    from ..readers.tf_index import TFIndexCheckpoint
 
 INDEX_SUFFIX = ".index"
 _SHARD = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
@@ -37,6 +37,8 @@ class TFIndex(base.SourceFormat):
         name = probe.name
         if name.endswith(INDEX_SUFFIX):
             prefix = probe.path.with_name(name[: -len(INDEX_SUFFIX)])
+            from ..readers.tf_index import is_tf_index  # only for a file named *.index
+
             if is_tf_index(probe.path):
                 return base.FoundCheckpoint(prefix, "tf-index")
             if any(prefix.parent.glob(glob_escape(prefix.name) + ".data-*-of-*")):
@@ -57,9 +59,13 @@ class TFIndex(base.SourceFormat):
         return [index, *shards]
 
     def check_structure(self, path: Path) -> None:
+        from ..readers.tf_index import open_tf_index
+
         open_tf_index(path)
 
     def open(self, path: Path, fmt: base.FormatId) -> base.OpenedSource:
+        from ..readers.tf_index import open_tf_index
+
         return OpenedTFIndex(path, open_tf_index(path), self.files(path))
 
 
@@ -101,6 +107,8 @@ class OpenedTFIndex(base.OpenedSource):
         role = folder_name if folder_name in _ROLE_FOLDERS else None
         if role:
             g.offer("checkpointing.role", role, "folder name")
+        from ..readers.tf_index import read_state_file
+
         state = read_state_file(prefix.parent)
         if state:
             paths = [Path(p).name for p in state.get("all_model_checkpoint_paths", [])]
@@ -117,6 +125,7 @@ class OpenedTFIndex(base.OpenedSource):
             g.offer("model.run_name", run_folder.name, "folder name")
 
     def plan_weights(self, g: Gathered, options: base.WeightsOptions) -> base.WeightsPlan:
+        from ..layouts.keras3 import Unmappable
         from ..readers.keras_model import keras_model_from_tf
 
         model: KLayer | None

@@ -66,6 +66,9 @@ class TensorToWrite:
     shape: tuple[int, ...]
     tie_key: Hashable | None
     load: Callable[[], np.ndarray]
+    #: rows ``start:stop`` alone, for a source that can read a slice without the rest;
+    #: tensors above ``SLICED_FROM_BYTES`` are then written a slice at a time
+    load_rows: Callable[[int, int], np.ndarray] | None = None
 
 
 @dataclass
@@ -84,6 +87,9 @@ def checksum(values: np.ndarray) -> int:
 
 
 _VERIFY_CHUNK_BYTES = 32 << 20
+#: Tensors bigger than this whose source reads rows (``TensorToWrite.load_rows``) are written
+#: in slices of about this size: peak RSS stays near one slice (memory-mapped pages count).
+SLICED_FROM_BYTES = 32 << 20
 
 
 def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
@@ -139,23 +145,49 @@ def write_tensors(
                 group[link] = group[first_link[tensor.tie_key]]  # hard link: stored once
                 continue
             # Charged before it is read: a broadcast view is materialized in full.
-            spend_output(math.prod(tensor.shape) * STORAGE_NUMPY[tensor.dtype].itemsize,
-                         f"tensor {tensor.name[:120]!r}")
-            values = tensor.load()
+            nbytes = math.prod(tensor.shape) * STORAGE_NUMPY[tensor.dtype].itemsize
+            spend_output(nbytes, f"tensor {tensor.name[:120]!r}")
             expected = STORAGE_NUMPY[tensor.dtype]
-            if values.dtype != expected or values.shape != tensor.shape:
-                raise VerificationError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
-            dataset = group.create_dataset(link, data=values)
+            if tensor.load_rows is not None and nbytes > SLICED_FROM_BYTES and tensor.shape[0] > 1:
+                dataset = group.create_dataset(link, shape=tensor.shape, dtype=expected)
+                crc = _write_in_slices(dataset, tensor, expected, nbytes)
+            else:
+                values = tensor.load()
+                if values.dtype != expected or values.shape != tensor.shape:
+                    raise VerificationError(f"tensor {tensor.name!r} read back as {values.dtype}{values.shape}")
+                dataset = group.create_dataset(link, data=values)
+                crc = checksum(values)
+                del values
             dataset.attrs["dtype"] = tensor.dtype
-            summary.checksums[dataset.name] = checksum(values)
-            summary.parameter_count += int(values.size)
-            summary.stored_bytes += int(values.nbytes)
-            summary.largest_tensor_bytes = max(summary.largest_tensor_bytes, int(values.nbytes))
+            summary.checksums[dataset.name] = crc
+            summary.parameter_count += math.prod(tensor.shape)
+            summary.stored_bytes += nbytes
+            summary.largest_tensor_bytes = max(summary.largest_tensor_bytes, nbytes)
             if tensor.tie_key is not None:
                 first_link[tensor.tie_key] = link
-            del values
         f.attrs["tensor_count"] = summary.tensor_count
     return summary
+
+
+def _write_in_slices(dataset: h5py.Dataset, tensor: TensorToWrite, expected: np.dtype,
+                     nbytes: int) -> int:
+    """Write ``tensor`` into ``dataset`` (same shape) a slice of rows at a time; the crc32
+    of its bytes, equal to ``checksum`` of the whole array."""
+    assert tensor.load_rows is not None
+    rows = tensor.shape[0]
+    step = max(1, SLICED_FROM_BYTES // max(1, nbytes // rows))
+    crc = 0
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        values = tensor.load_rows(start, stop)
+        if values.dtype != expected or values.shape != (stop - start, *tensor.shape[1:]):
+            raise VerificationError(f"tensor {tensor.name!r} rows {start}:{stop} read back as "
+                                    f"{values.dtype}{values.shape}")
+        values = np.ascontiguousarray(values)
+        dataset.write_direct(values, dest_sel=np.s_[start:stop])
+        crc = zlib.crc32(values.view(np.uint8).reshape(-1).data, crc)
+        del values  # its map: the slice's pages leave this process's RSS
+    return crc
 
 
 def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:

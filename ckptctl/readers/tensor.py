@@ -4,36 +4,62 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
-
-import ml_dtypes
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CorruptCheckpointError
 
-#: dtype name (torch's spelling) -> numpy dtype that holds its exact bits in HDF5.
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy (and ml_dtypes) are imported only when values are read or written: ``scan`` and
+# ``catalog`` read a checkpoint's structure without them (each costs ~40-80 ms to import).
+
+#: dtype name (torch's spelling) -> the numpy dtype code that holds its exact bits in HDF5.
 #: Types numpy/HDF5 lack (bfloat16, float8) are stored as unsigned integers of equal width
 #: with the real dtype named in an attribute; ``LOGICAL_NUMPY`` gives the typed view.
-STORAGE_NUMPY: dict[str, np.dtype] = {
-    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype("<u2"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
-    "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
-    "uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "uint64": np.dtype("<u8"),
-    "bool": np.dtype("?"), "complex64": np.dtype("<c8"), "complex128": np.dtype("<c16"),
-    "float8_e4m3fn": np.dtype("u1"), "float8_e5m2": np.dtype("u1"),
-    "float8_e4m3fnuz": np.dtype("u1"), "float8_e5m2fnuz": np.dtype("u1"),
+_STORAGE_CODES: dict[str, str] = {
+    "float64": "<f8", "float32": "<f4", "float16": "<f2",
+    "bfloat16": "<u2", "int64": "<i8", "int32": "<i4",
+    "int16": "<i2", "int8": "i1", "uint8": "u1",
+    "uint16": "<u2", "uint32": "<u4", "uint64": "<u8",
+    "bool": "?", "complex64": "<c8", "complex128": "<c16",
+    "float8_e4m3fn": "u1", "float8_e5m2": "u1",
+    "float8_e4m3fnuz": "u1", "float8_e5m2fnuz": "u1",
 }
-LOGICAL_NUMPY: dict[str, np.dtype] = {
-    **STORAGE_NUMPY,
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
-}
+#: bytes per element of every dtype ``_STORAGE_CODES`` names
+ITEMSIZE: dict[str, int] = {name: int(code.lstrip("<>")[1:]) for name, code in _STORAGE_CODES.items()
+                            if code != "?"} | {"bool": 1}
 #: dtypes whose HDF5 storage differs from their meaning (raw bits in an unsigned int).
-BIT_CAST_DTYPES = frozenset(k for k in STORAGE_NUMPY if STORAGE_NUMPY[k] != LOGICAL_NUMPY[k])
-DTYPES_BY_TORCH_NAME = frozenset(STORAGE_NUMPY)
+BIT_CAST_DTYPES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                             "float8_e5m2fnuz"})
+DTYPES_BY_TORCH_NAME = frozenset(_STORAGE_CODES)
+
+
+@cache
+def _numpy_tables() -> tuple[dict[str, np.dtype], dict[str, np.dtype]]:
+    import ml_dtypes
+    import numpy as np
+
+    storage = {name: np.dtype(code) for name, code in _STORAGE_CODES.items()}
+    logical = {**storage, **{name: np.dtype(getattr(ml_dtypes, name)) for name in BIT_CAST_DTYPES}}
+    return storage, logical
+
+
+def __getattr__(name: str) -> Any:
+    """``STORAGE_NUMPY`` and ``LOGICAL_NUMPY``, built (importing numpy) on first use."""
+    if name == "STORAGE_NUMPY":
+        return _numpy_tables()[0]
+    if name == "LOGICAL_NUMPY":
+        return _numpy_tables()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    STORAGE_NUMPY: dict[str, np.dtype]
+    LOGICAL_NUMPY: dict[str, np.dtype]
+
+
 DTYPES_BY_STORAGE_CLASS: dict[str, str] = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
@@ -54,8 +80,8 @@ QUANTIZED_DTYPES = frozenset(_QUANTIZED_ITEMSIZE)
 
 
 def itemsize(dtype: str) -> int:
-    numpy_dtype = STORAGE_NUMPY.get(dtype)
-    return numpy_dtype.itemsize if numpy_dtype is not None else _QUANTIZED_ITEMSIZE[dtype]
+    size = ITEMSIZE.get(dtype)
+    return size if size is not None else _QUANTIZED_ITEMSIZE[dtype]
 
 
 #: A view may be larger than its storage only by broadcasting (zero strides); cap that.
@@ -109,6 +135,12 @@ class StorageProvider(Protocol):
         ...
 
 
+class RangeProvider(StorageProvider, Protocol):
+    def storage_range(self, ref: StorageRef, start: int, length: int) -> np.ndarray:
+        """Bytes ``start:start + length`` of the storage, as a read-only uint8 array."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class LazyTensor(_Sealed):
     """A tensor described by its storage and view; bytes are read only on ``read``."""
@@ -143,8 +175,11 @@ class LazyTensor(_Sealed):
         Bounds are checked before any strided view is made: a hostile record must not read
         outside its storage.
         """
-        if self.dtype not in STORAGE_NUMPY or not isinstance(self.storage, StorageRef):
+        if self.dtype not in ITEMSIZE or not isinstance(self.storage, StorageRef):
             raise CorruptCheckpointError("tensor record is malformed")
+        import numpy as np
+
+        storage_numpy = _numpy_tables()[0]
         item = itemsize(self.dtype)
         raw = provider.storage_bytes(self.storage)
         count = raw.shape[0] // item
@@ -160,12 +195,12 @@ class LazyTensor(_Sealed):
         elif self.offset > count:
             raise CorruptCheckpointError("tensor offset lies outside its storage")
         check_extent(self.shape, item)
-        np_dtype = STORAGE_NUMPY[self.dtype]
+        np_dtype = storage_numpy[self.dtype]
         if big_endian and np_dtype.itemsize > 1:
             np_dtype = np_dtype.newbyteorder(">")
         typed = raw[: count * item].view(np_dtype)
         if self.numel == 0:
-            return np.empty(self.shape, dtype=STORAGE_NUMPY[self.dtype])
+            return np.empty(self.shape, dtype=storage_numpy[self.dtype])
         try:
             view = np.lib.stride_tricks.as_strided(
                 typed[self.offset :], shape=self.shape, strides=[s * item for s in self.stride],
@@ -176,8 +211,36 @@ class LazyTensor(_Sealed):
         except (ValueError, OverflowError, MemoryError) as exc:
             raise CorruptCheckpointError(f"tensor view cannot be read ({exc})") from exc
         if big_endian and np_dtype.itemsize > 1:
-            out = out.astype(STORAGE_NUMPY[self.dtype])
+            out = out.astype(storage_numpy[self.dtype])
         return out
+
+    def read_rows(self, provider: RangeProvider, start: int, stop: int,
+                  big_endian: bool = False) -> np.ndarray:
+        """Rows ``start:stop`` (first dimension) of a C-contiguous view, read from just
+        their bytes: a big tensor is written a slice at a time. The whole view is checked
+        against its storage first, as ``read`` does."""
+        if self.dtype not in ITEMSIZE or not isinstance(self.storage, StorageRef) \
+                or not self.shape or not self.is_contiguous_view():
+            raise CorruptCheckpointError("tensor record cannot be read by rows")
+        item = itemsize(self.dtype)
+        check_extent(self.shape, item)
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise CorruptCheckpointError("rows outside the tensor")
+        count = self.storage.nbytes // item
+        if self.offset < 0 or self.offset + self.numel > count:
+            raise CorruptCheckpointError(
+                f"tensor view reaches element {self.offset + self.numel - 1} of a storage "
+                f"holding {count}")
+        row = math.prod(self.shape[1:])
+        raw = provider.storage_range(self.storage, (self.offset + start * row) * item,
+                                     (stop - start) * row * item)
+        np_dtype = _numpy_tables()[0][self.dtype]
+        shape = (stop - start, *self.shape[1:])
+        if big_endian and np_dtype.itemsize > 1:
+            swapped: np.ndarray = raw.view(np_dtype.newbyteorder(">")).astype(np_dtype)
+            return swapped.reshape(shape)
+        values: np.ndarray = raw.view(np_dtype)
+        return values.reshape(shape)
 
     def is_contiguous_view(self) -> bool:
         expected = 1

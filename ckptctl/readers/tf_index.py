@@ -14,21 +14,27 @@ present before anything is sliced or allocated, and every failure is a ``CkptErr
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import google_crc32c
-import numpy as np
 
 from ..errors import CkptError, CorruptCheckpointError, ReadError, UnsupportedCheckpointError
 from ..safeio import open_regular
 from .protowire import WireFormatError, iter_fields, read_varint
-from .tensor import STORAGE_NUMPY, check_extent
+from .tensor import DTYPES_BY_TORCH_NAME, ITEMSIZE, check_extent
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where tensor values are read: opening the index (``scan``) needs none.
 
 # --- SSTable layout (LevelDB table format, as used by tensorflow/core/lib/io/table) --------
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -62,7 +68,7 @@ DTYPE_NAMES: dict[int, str] = {
     33: "float4_e2m1fn",
 }
 #: Names whose bytes this reader can return (``read``); "string" goes through ``read_strings``.
-READABLE_DTYPES = frozenset(n for n in DTYPE_NAMES.values() if n in STORAGE_NUMPY)
+READABLE_DTYPES = frozenset(n for n in DTYPE_NAMES.values() if n in DTYPES_BY_TORCH_NAME)
 
 #: One slice of a partitioned variable: per dimension (start, length), length -1 = whole dim.
 TensorSlice = tuple[tuple[int, int], ...]
@@ -172,12 +178,17 @@ class BundleHeader:
 # --- SSTable --------------------------------------------------------------------------------
 
 
+def _storage_numpy() -> dict[str, np.dtype]:
+    from .tensor import STORAGE_NUMPY
+
+    return STORAGE_NUMPY
+
+
 class _Table:
     """Iterates the (key, value) records of an uncompressed LevelDB-format table in memory."""
 
     def __init__(self, data: bytes, path: Path) -> None:
         self.data = data
-        self.array = np.frombuffer(data, dtype=np.uint8)  # read-only: usable by crc32c
         self.path = path
         self.budget = _EXPANSION_FACTOR * len(data) + _EXPANSION_SLACK
         # Blocks of a real table never overlap: more block bytes than the file holds means a
@@ -234,7 +245,7 @@ class _Table:
         end = offset + length
         kind = self.data[end]
         stored = int.from_bytes(self.data[end + 1 : end + 5], "little")
-        if mask_crc(_crc(self.array[offset : end + 1])) != stored:
+        if mask_crc(int(google_crc32c.value(self.data[offset : end + 1]))) != stored:
             raise self.corrupt(f"crc32c mismatch in the {what} at offset {offset}")
         if kind != _NO_COMPRESSION:
             name = _COMPRESSION_NAMES.get(kind, f"type {kind}")
@@ -252,9 +263,9 @@ class _Table:
         if num_restarts > (size - 4) // 4:
             raise self.corrupt(f"{what} claims {num_restarts} restart points")
         data_end = size - 4 - 4 * num_restarts
-        restarts = np.frombuffer(block[data_end : size - 4], dtype="<u4")
-        if num_restarts and (restarts[0] != 0 or np.any(np.diff(restarts.astype(np.int64)) <= 0)
-                             or int(restarts[-1]) > max(data_end - 1, 0)):
+        restarts = struct.unpack_from(f"<{num_restarts}I", block, data_end)
+        if num_restarts and (restarts[0] != 0 or any(b <= a for a, b in itertools.pairwise(restarts))
+                             or restarts[-1] > max(data_end - 1, 0)):
             raise self.corrupt(f"{what} has bad restart points")
         next_restart = 0
         pos = 0
@@ -599,14 +610,14 @@ class TFIndexCheckpoint:
                 raise CorruptCheckpointError(
                     f"tensor {entry.name!r} lives in shard {entry.shard_id}, but there are only "
                     f"{self.num_shards}", self.index_path)
-            item = STORAGE_NUMPY[entry.dtype].itemsize if entry.dtype in STORAGE_NUMPY else 1
+            item = ITEMSIZE.get(entry.dtype, 1)
             try:
                 check_extent(entry.shape, item, f"tensor {entry.name[:120]!r}")
             except CkptError as exc:
                 exc.path = self.index_path
                 raise
             if entry.dtype in READABLE_DTYPES:
-                need = entry.numel * STORAGE_NUMPY[entry.dtype].itemsize
+                need = entry.numel * ITEMSIZE[entry.dtype]
                 if entry.size != need:
                     raise CorruptCheckpointError(
                         f"tensor {entry.name!r} has {entry.size} bytes, but {entry.dtype} "
@@ -626,6 +637,8 @@ class TFIndexCheckpoint:
 
     def _raw(self, entry: TFTensorEntry) -> np.ndarray:
         """The entry's bytes, read once into a fresh array (not yet verified)."""
+        import numpy as np
+
         buf = np.empty(entry.size, dtype=np.uint8)  # size was checked against the shard
         self._read(entry, buf.data)  # memoryview(buf): numpy types ndarray a Buffer on 3.12+ only
         return buf
@@ -664,7 +677,7 @@ class TFIndexCheckpoint:
             raise UnsupportedCheckpointError(
                 f"tensor {entry.name!r} has dtype {entry.dtype}, which ckptctl cannot read",
                 self.index_path)
-        dtype = STORAGE_NUMPY[entry.dtype]
+        dtype = _storage_numpy()[entry.dtype]
         return dtype.newbyteorder(">") if self.endianness == "big" else dtype
 
     def _values(self, entry: TFTensorEntry) -> np.ndarray:
@@ -673,7 +686,7 @@ class TFIndexCheckpoint:
         self._verify(entry, _crc(raw))
         values = raw.view(dtype).reshape(entry.shape)
         if values.dtype.byteorder == ">":
-            values = values.astype(STORAGE_NUMPY[entry.dtype])  # a big-endian bundle
+            values = values.astype(_storage_numpy()[entry.dtype])  # a big-endian bundle
         return values
 
     def read(self, name: str) -> np.ndarray:
@@ -686,6 +699,8 @@ class TFIndexCheckpoint:
         if entry.slices:
             return self._read_partitioned(entry)
         if entry.dtype == "string":
+            import numpy as np
+
             values = self._strings(entry)
             strings = np.empty(len(values), dtype=object)
             strings[:] = values
@@ -727,8 +742,7 @@ class TFIndexCheckpoint:
         if mask_crc(crc) != stored:
             raise CorruptCheckpointError(
                 f"string tensor {entry.name!r} has a bad length checksum", path)
-        rest = np.frombuffer(data, dtype=np.uint8, offset=pos)  # read-only view, no copy
-        self._verify(entry, int(google_crc32c.extend(crc, rest)))
+        self._verify(entry, int(google_crc32c.extend(crc, data[pos:])))
         pos += 4
         out: list[bytes] = []
         for length in lengths:
@@ -782,7 +796,9 @@ class TFIndexCheckpoint:
                 self.index_path)
         self._numpy_dtype(entry)  # unsupported dtypes (strings too) fail before allocating
         # Slice data was bounds-checked against the shards at open, so these allocations are.
-        out = np.empty(entry.shape, dtype=STORAGE_NUMPY[entry.dtype])
+        import numpy as np
+
+        out = np.empty(entry.shape, dtype=_storage_numpy()[entry.dtype])
         covered = np.zeros(entry.shape, dtype=bool)
         for where, piece in pieces:
             if covered[where].any():

@@ -20,9 +20,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import (
     AmbiguousCheckpointError,
@@ -36,6 +34,9 @@ from ..safeio import open_regular
 from .tensor import StorageRef
 from .unpickler import BoundedReader, restricted_load, storage_ref_from_pid
 from .zip_directory import STORED, data_offset, read_directory, read_member
+
+if TYPE_CHECKING:
+    import numpy as np  # imported when tensor bytes are read, never by ``scan``
 
 ZIP_MAGIC = b"PK\x03\x04"
 #: ``torch.save``'s legacy stream starts with the pickled int 0x1950a86a20f9469cfc6c.
@@ -148,6 +149,8 @@ class TorchFile:
         return self.refs.setdefault(ref.key, ref)
 
     def storage_bytes(self, ref: StorageRef) -> np.ndarray:
+        import numpy as np
+
         offset, _length, _ = self._record(ref)
         need = ref.nbytes
         if need == 0:
@@ -156,6 +159,36 @@ class TorchFile:
             # a map per storage, dropped after use: a big file's pages never stay mapped
             return np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset, shape=(need,))
         return self._mapped()[offset:offset + need]
+
+    def storage_range(self, ref: StorageRef, start: int, length: int) -> np.ndarray:
+        """Bytes ``start:start + length`` of a storage (inside its record), mapped on their
+        own in a big file: a big tensor is written a slice at a time, each slice's pages
+        dropped with its map, so peak RSS stays near one slice, not one tensor."""
+        import numpy as np
+
+        offset, record_length, _ = self._record(ref)
+        if start < 0 or length < 0 or start + length > min(record_length, ref.nbytes):
+            raise CorruptCheckpointError(f"storage data/{ref.key} is read out of its bounds",
+                                         self.path)
+        if length == 0:
+            return np.empty(0, dtype=np.uint8)
+        if self._size() > WHOLE_FILE_MAP_BYTES:
+            return np.memmap(self.path, dtype=np.uint8, mode="r", offset=offset + start,
+                             shape=(length,))
+        return self._mapped()[offset + start:offset + start + length]
+
+    def check_storage_in_slices(self, ref: StorageRef, slice_bytes: int) -> None:
+        """``check_storage`` one slice at a time (for storages bigger than a slice)."""
+        _, length, crc = self._record(ref)
+        if crc is None or length != ref.nbytes:
+            return
+        running = 0
+        for start in range(0, length, slice_bytes):
+            piece = self.storage_range(ref, start, min(slice_bytes, length - start))
+            running = zlib.crc32(piece.data, running)
+            del piece
+        if running != crc:
+            raise CorruptCheckpointError(f"storage data/{ref.key} fails its crc32 check", self.path)
 
     def _size(self) -> int:
         if self._file_size is None:
@@ -166,6 +199,8 @@ class TorchFile:
         """A small file, memory-mapped read-only once (a map per storage costs a syscall
         and a path resolution each: most of the time of a small checkpoint)."""
         if self._map is None:
+            import numpy as np
+
             with open_regular(self.path, "rb") as handle:
                 mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             self._map = np.frombuffer(mapping, dtype=np.uint8)

@@ -31,9 +31,7 @@ import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..budgets import pickle_work_exceeded, pickle_work_limit
 from ..errors import (
@@ -52,6 +50,12 @@ from .tensor import (
     StorageRef,
     _Sealed,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported only when a pickle holds a numpy dtype, array or scalar: most torch
+# checkpoints do not, and ``scan`` stays light (README: "Light by default").
 
 # --- what is refused -------------------------------------------------------------------
 
@@ -316,6 +320,8 @@ class NpArrayRecord(_Sealed):
         if math.prod(shape) * dtype.dtype.itemsize != len(raw):
             raise CorruptCheckpointError("pickle builds a numpy array from the wrong byte count")
         _budget().spend(len(raw))
+        import numpy as np
+
         values = np.frombuffer(bytes(raw), dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
         object.__setattr__(self, "array", values)
 
@@ -323,6 +329,8 @@ class NpArrayRecord(_Sealed):
 def _np_dtype(spec: Any, align: Any = False, copy: Any = True) -> NpDTypeRecord:
     if not isinstance(spec, str) or not _NUMERIC_DTYPE.match(spec):
         raise UnsupportedCheckpointError(f"numpy dtype {str(spec)[:40]!r} is not supported")
+    import numpy as np
+
     return NpDTypeRecord(np.dtype(spec))
 
 
@@ -349,6 +357,8 @@ def _np_scalar(dtype: Any, data: Any = None) -> Any:
     if not isinstance(dtype, NpDTypeRecord) or not isinstance(data, bytes | bytearray) \
             or len(data) != dtype.dtype.itemsize:
         raise CorruptCheckpointError("pickle builds a malformed numpy scalar")
+    import numpy as np
+
     return _budget().note_value(np.frombuffer(bytes(data), dtype=dtype.dtype)[0])
 
 

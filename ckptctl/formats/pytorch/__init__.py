@@ -139,7 +139,13 @@ class OpenedTorch(base.OpenedSource):
         return base.WeightsPlan(write=lambda tmp: self._write(state_dict, tmp))
 
     def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path) -> base.WrittenWeights:
-        from ...layouts.ckptctl_tensors import LAYOUT, LAYOUT_VERSION, TensorToWrite, write_tensors
+        from ...layouts.ckptctl_tensors import (
+            LAYOUT,
+            LAYOUT_VERSION,
+            SLICED_FROM_BYTES,
+            TensorToWrite,
+            write_tensors,
+        )
 
         checkpoint = self.checkpoint
         checked: set[str] = set()
@@ -156,12 +162,25 @@ class OpenedTorch(base.OpenedSource):
 
             return load
 
+        def rows_loader(tensor: LazyTensor) -> Callable[[int, int], Any] | None:
+            if not tensor.shape or not tensor.is_contiguous_view():
+                return None  # strided views are gathered whole by ``load``
+
+            def load_rows(start: int, stop: int) -> Any:
+                ref: StorageRef = tensor.storage
+                if ref.key not in checked:
+                    checkpoint.check_storage_in_slices(ref, SLICED_FROM_BYTES)
+                    checked.add(ref.key)
+                return tensor.read_rows(checkpoint, start, stop, checkpoint.big_endian)
+
+            return load_rows
+
         dtypes: dict[str, int] = defaultdict(int)
         items = []
         for name, tensor in state_dict.items():
             dtypes[tensor.dtype] += 1
             items.append(TensorToWrite(str(name), tensor.dtype, tensor.shape, tensor.view_key,
-                                       loader(tensor)))
+                                       loader(tensor), rows_loader(tensor)))
         summary = write_tensors(tmp, items, {"source_format": self.format,
                                              "writer": f"ckptctl {__version__}"})
         return base.WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,

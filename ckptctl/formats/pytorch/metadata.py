@@ -11,17 +11,19 @@ import datetime as _dt
 import itertools
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ...budgets import PLAIN_MAX_NODES, PLAIN_MAX_TEXT, size_text
 from ...errors import BudgetExceededError
 from ...metadata import Gathered, architecture
 from ...readers.tensor import LazyTensor
 from ...readers.unpickler import InertObject, NpArrayRecord, TorchLayout, UnsupportedTensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "optimizers")
@@ -32,6 +34,23 @@ _EPOCH_KEYS = ("epoch", "epochs", "current_epoch")
 _STEP_KEYS = ("global_step", "step", "iteration", "iter", "steps")
 _METRIC_DICT = re.compile(r"(metrics?|stats|scores|results)$", re.IGNORECASE)
 _MAX_PLAIN_ITEMS = 200
+
+# The unpickler imports numpy to build numpy values: while numpy is not imported there are
+# none, and these checks need not import it (``scan`` stays light).
+def _is_np_generic(value: object) -> TypeGuard[np.generic]:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.generic)
+
+
+def _is_np_array(value: object) -> TypeGuard[np.ndarray]:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def _is_np_integer(value: object) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.integer)
+
 
 ScalarReader = Callable[[LazyTensor], float | int | bool | None]
 
@@ -87,13 +106,13 @@ def to_plain(obj: Any, read_scalar: ScalarReader | None = None, depth: int = 0,
         return obj if obj.bit_length() <= 64 else f"<int of {obj.bit_length()} bits>"
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, np.generic):
+    if _is_np_generic(obj):
         return to_plain(obj.item(), read_scalar, depth, budget)
     if isinstance(obj, LazyTensor):
         if obj.numel == 1 and read_scalar is not None:
             return to_plain(read_scalar(obj), read_scalar, depth, budget)
         return f"<tensor {obj.dtype}{list(obj.shape)}>"
-    if isinstance(obj, np.ndarray):
+    if _is_np_array(obj):
         if obj.size <= 16 and obj.dtype.kind in "biuf":
             return to_plain(obj.tolist(), read_scalar, depth + 1, budget)
         return f"<ndarray {obj.dtype}{list(obj.shape)}>"
@@ -191,7 +210,7 @@ def _number(value: Any, read_scalar: ScalarReader | None) -> float | None:
         if value.numel != 1 or read_scalar is None:
             return None
         value = read_scalar(value)
-    if isinstance(value, np.generic):
+    if _is_np_generic(value):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -319,13 +338,13 @@ def _is_integer(value: Any) -> bool:
     """Counts (``best_epoch``, ``num_classes``) are not metrics, however they are stored."""
     if isinstance(value, LazyTensor):
         return value.dtype.startswith(("int", "uint", "bool"))
-    return isinstance(value, int | np.integer)
+    return isinstance(value, int) or _is_np_integer(value)
 
 
 def _non_empty(value: Any) -> bool:
     """Holds state: a non-empty container or object. A name stored as text ("adamw") or a
     number is a setting, not optimizer or scheduler state."""
-    if value is None or isinstance(value, str | bytes | int | float | np.generic):
+    if value is None or isinstance(value, str | bytes | int | float) or _is_np_generic(value):
         return False
     if isinstance(value, list | tuple | dict) or as_mapping(value) is not None:
         return len(as_mapping(value) or value) > 0
