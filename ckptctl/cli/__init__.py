@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt) as exc:
         # also during a lazy import, before click could turn it into "Aborted!"
-        click.echo("interrupted: outputs already converted are complete; a checkpoint being "
-                   "converted left at most hidden temporaries, which the next run removes",
-                   err=True)
+        click.echo("interrupted: everything reported above is finished and complete; no "
+                   "partial outputs were left (a conversion in progress removed its hidden "
+                   "temporaries)", err=True)
         # click turns the interrupt into Abort, keeping it as the cause
         terminated = any(isinstance(e, _Terminated) for e in (exc, exc.__cause__, exc.__context__))
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)

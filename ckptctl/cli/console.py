@@ -83,6 +83,11 @@ class Console:
         click.echo(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False,
                               default=str))
 
+    def document(self, text: str) -> None:
+        """A whole machine-readable document (JUnit XML, SARIF, workflow commands) exactly
+        as its builder (``ckptctl.reports``) wrote it: escaped for its own format already."""
+        click.echo(text)
+
     def json_line(self, data: Any) -> None:
         """One compact JSON object per line (JSON Lines), flushed: a scheduler or CI follows
         a long run as it goes. ASCII-escaped: an undecodable file name stays lossless."""

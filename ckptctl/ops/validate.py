@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..discovery import discover
-from ..errors import CkptError, ErrorKind
-from ..formats import classify_target
+from ..errors import CkptError, ErrorKind, describe_error
+from ..formats import FoundCheckpoint, WeightsOptions, classify, classify_target, format_for
 from ..outputs import OutputLayout
 from ..sidecars import parse_sidecar, sha256_file, source_is_stale
 from ..sources import fingerprint, sha256_of
@@ -40,6 +40,8 @@ class ValidateReport:
     checkpoints_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: every sidecar, then (``strict``) every checkpoint checked, as shown in ``Problem.path``
+    checked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -74,8 +76,12 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
                 mirrors.append((mirrored, source_folder))
         sidecar_roots = [mirrored for mirrored, _ in mirrors]
     checks: list[tuple[Path, Path | None]] = []
-    for sidecar_path in find_sidecars(sidecar_roots, recursive, report.warnings):
+    sidecar_paths = find_sidecars(sidecar_roots, recursive, report.warnings)
+    if output_dir is None:
+        sidecar_paths += _sidecars_of_given_checkpoints(paths, sidecar_paths)
+    for sidecar_path in sidecar_paths:
         report.sidecars_checked += 1
+        report.checked.append(str(sidecar_path))
         mirrored_source = next((src / sidecar_path.parent.relative_to(mirror)
                                 for mirror, src in mirrors if sidecar_path.parent.is_relative_to(mirror)),
                                None)
@@ -97,6 +103,7 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
         found = discover(paths, recursive)
         for item in found.checkpoints:
             report.checkpoints_checked += 1
+            report.checked.append(str(item.path))
             sidecar_path = layout_for(item.path, paths, output_dir).outputs(item.path).sidecar
             if item.problem is not None:
                 report.problems.append(Problem(str(item.path), f"unreadable: {item.problem}",
@@ -109,10 +116,57 @@ def validate(paths: Iterable[Path], strict: bool = False, deep: bool = False,
                                                    f"({exc.strerror})", "os"))
                     continue
                 if missing:
-                    report.problems.append(Problem(str(item.path),
-                                                   "no sidecar (run ckptctl convert)",
-                                                   "not-converted"))
+                    refused = _refused_by_convert(item)
+                    if refused is not None:
+                        report.problems.append(Problem(str(item.path),
+                                                       f"cannot be converted: {refused[1]}",
+                                                       refused[0]))
+                    else:
+                        report.problems.append(Problem(str(item.path),
+                                                       "no sidecar (run ckptctl convert)",
+                                                       "not-converted"))
     return report
+
+
+def _sidecars_of_given_checkpoints(paths: list[Path], found: list[Path]) -> list[Path]:
+    """The sidecars of checkpoint files named on the command line (``validate run/a.ckpt``
+    checks ``run/a.metadata.yaml``), those not found already."""
+    extra: list[Path] = []
+    for given in paths:
+        if not given.is_file() or given in found:
+            continue
+        item = classify(given)
+        if item is None or item.format is None:
+            continue
+        sidecar = layout_for(item.path, paths, None).outputs(item.path).sidecar
+        try:
+            exists = sidecar.is_file()
+        except OSError:
+            continue
+        if exists and sidecar not in found and sidecar not in extra:
+            extra.append(sidecar)
+    return extra
+
+
+def _refused_by_convert(item: FoundCheckpoint) -> tuple[ErrorKind, str] | None:
+    """Why ``convert`` would refuse a checkpoint that has no sidecar yet (unsafe pickle,
+    TorchScript, no state dict, ...), or None. The checkpoint is opened as ``convert`` opens it
+    (restricted unpickler, structure only) and its weights are planned, never written: no
+    tensor data is read and no framework is imported."""
+    if item.format is None:
+        return None
+    from ..metadata import Gathered
+
+    entry = format_for(item.format)
+    try:
+        opened = entry.open(item.path, item.format)
+        if entry.writes_weights:
+            opened.plan_weights(Gathered(), WeightsOptions())
+    except CkptError as exc:
+        return exc.kind, describe_error(exc, item.path)
+    except OSError as exc:
+        return "os", f"cannot read ({exc.strerror or exc})"
+    return None
 
 
 
