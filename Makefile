@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 CKPT    = $(VENV)/bin/ckptctl
 DEMO   ?= demo-outputs
 
-.PHONY: setup demo test lint bench schema docs clean
+.PHONY: setup demo test lint bench schema docs tour clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	rm -rf $(DEMO) $(DEMO).tf
-	$(PY) examples/build_example_tree.py $(DEMO)
-	$(PY) examples/build_tf_tree.py $(DEMO).tf && mv $(DEMO).tf/* $(DEMO)/ && rmdir $(DEMO).tf
+	rm -rf $(DEMO)
+	$(PY) tools/readme_tour.py --build $(DEMO)   # every builder in tools/readme_tour.py BUILDERS
 	$(CKPT) scan $(DEMO)
 	$(CKPT) convert --outputs-dir $(DEMO)
 	$(CKPT) validate --strict --deep $(DEMO)
 	$(CKPT) catalog $(DEMO) --best val/hmean
 	$(CKPT) catalog $(DEMO) --best val_loss
+	$(CKPT) catalog $(DEMO) --best eval_loss
 
 test: setup
 	$(PY) -m ruff check ckptctl tests benchmarks examples tools
@@ -43,3 +43,6 @@ clean:
 
 docs: setup
 	$(PY) tools/cli_docs.py README.md
+
+tour: setup   # README's tour, from a real run of the demo (tests/test_readme_tour.py checks it)
+	$(PY) tools/readme_tour.py README.md

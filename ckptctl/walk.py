@@ -10,13 +10,16 @@ WEIGHTS_SUFFIX = ".weights.h5"
 SIDECAR_SUFFIX = ".metadata.yaml"
 #: Temporary outputs carry this marker; every command ignores them.
 TEMP_MARKER = ".ckptctl-tmp"
-#: Per-checkpoint lock files (``.<stem>.ckptctl-lock``), left in place, ignored too.
+#: Per-checkpoint lock files (``.<stem>.ckptctl-lock``), ignored too; removed by their holder
+#: when it releases them (``atomic.CheckpointLock``), left only by a killed process.
 LOCK_SUFFIX = ".ckptctl-lock"
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".hydra", "wandb", ".ipynb_checkpoints"})
 
 
-def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> Iterator[Path]:
-    """Files below ``roots``; follows directory symlinks once (loops are cut), skips VCS dirs."""
+def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str],
+               follow_symlinks: bool = True) -> Iterator[Path]:
+    """Files below ``roots``; follows directory symlinks once (loops are cut), skips VCS dirs.
+    With ``follow_symlinks=False`` (``clean``) symlinks are neither followed nor listed."""
     visited: set[tuple[int, int]] = set()
     for root in roots:
         if root.is_file():
@@ -42,10 +45,10 @@ def iter_files(roots: Iterable[Path], recursive: bool, warnings: list[str]) -> I
             subdirs = []
             for entry in entries:
                 try:
-                    if entry.is_dir():
+                    if entry.is_dir(follow_symlinks=follow_symlinks):
                         if recursive and entry.name not in _SKIP_DIRS:
                             subdirs.append(Path(entry.path))
-                    elif entry.is_file():
+                    elif entry.is_file(follow_symlinks=follow_symlinks):
                         yield Path(entry.path)
                 except OSError:
                     continue

@@ -25,6 +25,17 @@ sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Outside any test too (session and module fixtures, collection, every xdist worker and
+    the processes they start), the catalog cache is a throwaway folder, never ~/.cache."""
+    import atexit
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="ckptctl-test-cache-")
+    atexit.register(shutil.rmtree, scratch, True)
+    os.environ["CKPTCTL_CACHE_DIR"] = scratch
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and the processes it starts) uses its own catalog cache, never ~/.cache."""

@@ -108,7 +108,7 @@ def test_under_github_actions_the_table_is_followed_by_annotations(
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["PATH", "PROBLEM"]
     assert lines[-1] == f"::error file=exp/stale.metadata.yaml,title=ckptctl::{STALE_PROBLEM}"
-    assert result.stderr == "failed: 1 problems in 2 sidecars\n"
+    assert result.stderr == "failed: 1 problem in 2 sidecars\n"
     # an explicit --format is exactly that format, annotations or not
     explicit = run_cli("validate", "exp", "--format", "table")
     assert "::error" not in explicit.stdout
@@ -251,7 +251,7 @@ def test_a_checkpoint_file_given_has_its_sidecar_checked(tmp_path: Path) -> None
     source = save_checkpoint(tmp_path / "a.ckpt")
     assert run_cli("convert", "--checkpoint", source).exit_code == 0
     ok = run_cli("validate", source)
-    assert (ok.exit_code, ok.stderr) == (0, "ok: 1 sidecars checked, no problems\n")
+    assert (ok.exit_code, ok.stderr) == (0, "ok: 1 sidecar checked, no problems\n")
     _, sidecar = outputs_for(source)
     sidecar.write_text(sidecar.read_text() + "surprise: 1\n")
     bad = run_cli("validate", source, "--format", "json")
@@ -292,7 +292,7 @@ def test_changed_files_checks_their_folders_only(tmp_path: Path) -> None:
     notes.write_text("not a checkpoint")
     _, sidecar = outputs_for(good)
     ok = run_cli("validate", "--strict", "--changed-files", sidecar, good)
-    assert (ok.exit_code, ok.stderr) == (0, "ok: 1 sidecars, 1 checkpoints checked, no problems\n")
+    assert (ok.exit_code, ok.stderr) == (0, "ok: 1 sidecar, 1 checkpoint checked, no problems\n")
     bad = run_cli("validate", "--strict", "--changed-files", "--format", "json", sidecar, new)
     assert bad.exit_code == 1
     assert [p["path"] for p in json.loads(bad.stdout)["problems"]] == [str(new)]
@@ -368,7 +368,7 @@ def test_action_steps_run_locally(tmp_path: Path, python_shim: Path) -> None:
     install, clean = run_action_steps(load_action(), inputs, work, python_shim)
     assert install.returncode == 0, install.stderr
     assert (python_shim / "calls").read_text().split()[-1] == str(REPO)  # pip install <action path>
-    assert (clean.returncode, clean.stdout) == (0, "ok: 1 sidecars, 1 checkpoints checked, no problems\n")
+    assert (clean.returncode, clean.stdout) == (0, "ok: 1 sidecar, 1 checkpoint checked, no problems\n")
     # a problem: annotations, exit 1, and the SARIF file written when asked
     save_checkpoint(work / "models" / "new.pt")
     inputs.update(sarif="results/ckptctl.sarif", paths="models  models/good.ckpt")
@@ -377,7 +377,7 @@ def test_action_steps_run_locally(tmp_path: Path, python_shim: Path) -> None:
     assert failing.returncode == 1
     assert failing.stdout.splitlines() == [
         "::error file=models/new.pt,title=ckptctl::no sidecar (run ckptctl convert)",
-        "failed: 1 problems in 1 sidecars, 2 checkpoints"]
+        "failed: 1 problem in 1 sidecar, 2 checkpoints"]
     doc = json.loads((work / "results" / "ckptctl.sarif").read_text())
     check_sarif_2_1_0(doc)
     assert [r["ruleId"] for r in doc["runs"][0]["results"]] == ["not-converted"]

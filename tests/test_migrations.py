@@ -97,7 +97,7 @@ def test_old_sidecar_is_migrated_when_read(tmp_path: Path, with_test_migration: 
 def test_old_sidecar_validates_and_is_catalogued(tmp_path: Path, with_test_migration: None) -> None:
     checkpoint_with_sidecar(tmp_path / "baseline", OLD_DOCUMENT)
     result = run_cli("validate", "--strict", tmp_path)
-    assert (result.exit_code, result.stderr) == (0, "ok: 1 sidecars, 1 checkpoints checked, no problems\n")
+    assert (result.exit_code, result.stderr) == (0, "ok: 1 sidecar, 1 checkpoint checked, no problems\n")
     rows = json.loads(run_cli("catalog", tmp_path, "--format", "json").stdout)
     assert [(r["exp_name"], r["schema_version"], r["metrics"]) for r in rows] == [
         ("baseline", SCHEMA_VERSION, {"val_loss": 0.25})]

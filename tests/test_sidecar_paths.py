@@ -59,7 +59,7 @@ def test_output_dir_sidecars_may_name_their_mirrored_sources(tmp_path: Path) -> 
     out = tmp_path / "out"
     assert run_cli("convert", "--outputs-dir", tmp_path / "src", "--output-dir", out).exit_code == 0
     result = run_cli("validate", "--strict", "--deep", "--output-dir", out, tmp_path / "src")
-    assert (result.exit_code, result.stderr) == (0, "ok: 1 sidecars, 1 checkpoints checked, no problems\n")
+    assert (result.exit_code, result.stderr) == (0, "ok: 1 sidecar, 1 checkpoint checked, no problems\n")
     # the same sidecar checked without --output-dir leads outside its folder: reported
     plain = json.loads(run_cli("validate", out, "--format", "json").stdout)
     assert [p["kind"] for p in plain["problems"]] == ["sidecar"]

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from . import options
 
 #: command name -> (module, one-line help shown by ``ckptctl --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("ckptctl.cli.convert", "Write <stem>.weights.h5 and <stem>.metadata.yaml next to checkpoints."),
     "validate": ("ckptctl.cli.validate", "Check sidecars against the schema and the files they describe."),
     "catalog": ("ckptctl.cli.catalog", "Table of experiments and their best checkpoints, from sidecars alone."),
+    "clean": ("ckptctl.cli.clean", "Remove the files ckptctl wrote (dry run unless --yes), never a source."),
 }
 
 
@@ -34,6 +36,8 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(COMMANDS[cmd_name][0])
         command: click.Command = module.command
+        if not any(param.name == "quiet" for param in command.params):
+            command.params.append(options.quiet_option())  # -q/--quiet on every command
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -43,6 +47,7 @@ class LazyGroup(click.Group):
 
 @click.group("ckptctl", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckptctl")
+@options.verbosity
 def cli() -> None:
     """Scan, convert, validate and catalog ML checkpoints, safely.
 

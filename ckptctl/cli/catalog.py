@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from . import options
-from .console import Console, fmt_number
+from .console import Console, fmt_number, plural
 
 
 @click.command("catalog")
@@ -27,7 +27,9 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
 
     Never opens a checkpoint. With --best METRIC the mode is the sidecar's own
     checkpointing.mode when it monitored METRIC, else --mode, else min for names with
-    loss/error/err and max otherwise; checkpoints without METRIC are left out.
+    loss/error/err and max otherwise; checkpoints without METRIC are left out. METRIC
+    also finds its aliases: val/loss, val_loss, val.loss, validation.loss and valloss are
+    one metric (README: Catalog).
     """
     from ..errors import CkptError
     from ..ops.catalog import all_metric_names, catalog, default_cache_dir
@@ -40,15 +42,18 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
         console.fail(exc.message)
     console.warnings(result.warnings)
     if result.left_out:
-        console.note(f"{result.left_out} checkpoints without {best} were left out")
+        verb = "was" if result.left_out == 1 else "were"
+        console.note(f"{plural(result.left_out, 'checkpoint')} without {best} {verb} left out")
     entries = result.entries
     if fmt == "json":
         console.json([e.as_json() for e in entries])
         return
     if best:
-        columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", f"{best} ({result.mode})"]
+        sources = [s for s in result.metric_sources if s != best]
+        shown_as = f"as {', '.join(sources)}, " if sources else ""
+        columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", f"{best} ({shown_as}{result.mode})"]
         rows = [[e.doc.get("exp_name"), e.checkpoint, e.field("epoch"), e.field("step"),
-                 fmt_number(e.metrics.get(best))] for e in entries]
+                 fmt_number(result.best_value(e))] for e in entries]
     else:
         columns = ["EXPERIMENT", "CHECKPOINT", "EPOCH", "STEP", "MONITOR", "SCORE"]
         rows = []
@@ -66,5 +71,5 @@ def command(paths: tuple[Path, ...], best: str | None, mode: str | None, sort_ke
                    (e.doc.get("checkpointing") or {}).get("mode"),
                    *[e.metrics.get(m) for m in metric_names]] for e in entries])
         return
-    console.table(columns, rows)
-    console.message(f"{len(entries)} rows" + (f" (best by {best}, {result.mode})" if best else ""))
+    console.table(columns, rows, root=paths[0] if len(paths) == 1 else None)
+    console.message(plural(len(entries), "row") + (f" (best by {best}, {result.mode})" if best else ""))

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from . import options
-from .console import EXIT_FAILED, Console, human_size
+from .console import EXIT_FAILED, Console, human_size, plural
 
 
 @click.command("scan")
@@ -31,11 +31,12 @@ def command(paths: tuple[Path, ...], fmt: str, no_recursive: bool, output_dir: P
     else:
         console.table(["PATH", "FORMAT", "SIZE", "STATUS"],
                       [[r.path, r.format or "-", human_size(r.size_bytes),
-                        r.status + (f": {r.reason}" if r.reason else "")] for r in report.rows])
+                        r.status + (f": {r.reason}" if r.reason else "")] for r in report.rows],
+                      root=paths[0] if len(paths) == 1 else None)
         counts: dict[str, int] = {}
         for row in report.rows:
             counts[row.status] = counts.get(row.status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
-        console.message(f"{len(report.rows)} checkpoints: {summary}")
+        console.message(f"{plural(len(report.rows), 'checkpoint')}: {summary}")
     if any(row.status == "unreadable" for row in report.rows):
         console.exit(EXIT_FAILED)

@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from . import options
-from .console import EXIT_FAILED, Console
+from .console import EXIT_FAILED, Console, plural
 
 FORMAT_HELP = ("table: for people; json: for scripts; junit: JUnit XML (GitLab, Jenkins); sarif: "
                "SARIF 2.1.0 (GitHub code scanning); github: GitHub Actions annotations. Under "
@@ -51,16 +51,16 @@ def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recu
                       output_dir=output_dir, jobs=options.resolve_jobs(jobs))
     console.warnings(report.warnings)
     nothing = report.sidecars_checked == 0 and report.checkpoints_checked == 0
-    checked = f"{report.sidecars_checked} sidecars"
+    checked = plural(report.sidecars_checked, "sidecar")
     if strict:
-        checked += f", {report.checkpoints_checked} checkpoints"
+        checked += ", " + plural(report.checkpoints_checked, "checkpoint")
     if nothing:
         what = "sidecars or checkpoints" if strict else "sidecars"
         summary = f"nothing checked: no {what} under {', '.join(str(t) for t in targets)}"
     elif report.ok:
         summary = f"ok: {checked} checked, no problems"
     else:
-        summary = f"failed: {len(report.problems)} problems in {checked}"
+        summary = f"failed: {plural(len(report.problems), 'problem')} in {checked}"
     failed = not report.ok or (nothing and strict and not changed_files)
 
     if fmt == "json":

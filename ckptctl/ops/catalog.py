@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CkptError, UsageError
+from ..metric_names import AmbiguousMetric, did_you_mean, metric_key
+from ..metric_names import resolve as resolve_metric
 from ..migrations import SCHEMA_VERSION
 from ..walk import find_sidecars  # light: a warm catalog never imports numpy or pydantic
 
@@ -28,14 +30,27 @@ _LOWER_IS_BETTER = re.compile(r"loss|error|err", re.IGNORECASE)
 class UnknownMetricError(CkptError):
     def __init__(self, metric: str, known: list[str]) -> None:
         listed = ", ".join(known) if known else "none (no sidecar has metrics)"
-        super().__init__(f"unknown metric {metric!r}; metrics in these sidecars: {listed}")
+        close = did_you_mean(metric, known)
+        hint = f" (did you mean {', '.join(close[:-1])} or {close[-1]}?)" if len(close) > 1 \
+            else f" (did you mean {close[0]}?)" if close else ""
+        super().__init__(f"unknown metric {metric!r}{hint}; metrics in these sidecars: {listed}")
         self.known = known
+        self.close = close
+
+
+class AmbiguousMetricError(CkptError):
+    def __init__(self, metric: str, sidecar: Path, names: list[str]) -> None:
+        super().__init__(f"metric {metric!r} is ambiguous in {sidecar}: it logged "
+                         f"{' and '.join(names)}; ask for one of them by its exact name")
+        self.names = names
 
 
 @dataclass
 class Entry:
     sidecar_path: Path
     doc: dict[str, Any]
+    #: with ``--best``: the logged name the asked metric was found as (README: Catalog)
+    best_source: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -66,6 +81,15 @@ class CatalogResult:
     mode: str | None = None
     left_out: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric_sources(self) -> list[str]:
+        """The logged names ``metric`` was found as, in the order of the rows."""
+        return list(dict.fromkeys(e.best_source for e in self.entries if e.best_source))
+
+    def best_value(self, entry: Entry) -> float | None:
+        value = entry.metrics.get(entry.best_source) if entry.best_source else None
+        return value if isinstance(value, int | float) else None
 
 
 def default_cache_dir() -> Path:
@@ -171,10 +195,14 @@ def _write_cache(path: Path, entries: dict[str, list[Any]]) -> None:
 
 
 def resolve_mode(metric: str, entries: list[Entry], mode: str | None) -> str:
-    """The sidecar's mode when it monitored ``metric``; else ``mode``; else by the name."""
+    """The sidecar's mode when it monitored ``metric`` (under any name the alias rule
+    allows); else ``mode``; else by the name."""
+    key = metric_key(metric)
     for entry in entries:
         checkpointing = entry.doc.get("checkpointing") or {}
-        if checkpointing.get("monitor") == metric and checkpointing.get("mode") in ("min", "max"):
+        monitor = checkpointing.get("monitor")
+        if isinstance(monitor, str) and metric_key(monitor) == key \
+                and checkpointing.get("mode") in ("min", "max"):
             return str(checkpointing["mode"])  # "min" or "max", checked just above
     if mode is not None:
         return mode
@@ -194,9 +222,20 @@ def catalog(paths: Iterable[Path], best: str | None = None, mode: str | None = N
         if sort:
             entries = sort_entries(entries, sort)
         return CatalogResult(entries, warnings=warnings)
-    # a NaN or infinite value (a diverged run) ranks nowhere: it is left out like a missing one
-    with_metric = [e for e in entries if isinstance(e.metrics.get(best), int | float)
-                   and math.isfinite(e.metrics[best])]
+    # The asked name, or the one logged name the alias rule says it means (README: Catalog).
+    # A NaN or infinite value (a diverged run) ranks nowhere: it is left out like a missing one.
+    with_metric = []
+    value: dict[int, float] = {}
+    for entry in entries:
+        try:
+            source = resolve_metric(best, entry.metrics)
+        except AmbiguousMetric as exc:
+            raise AmbiguousMetricError(best, entry.sidecar_path, exc.names) from None
+        found = entry.metrics.get(source) if source is not None else None
+        if isinstance(found, int | float) and math.isfinite(found):
+            entry.best_source = source
+            value[id(entry)] = float(found)
+            with_metric.append(entry)
     if not with_metric:
         raise UnknownMetricError(best, all_metric_names(entries))
     chosen_mode = resolve_mode(best, with_metric, mode)
@@ -205,9 +244,10 @@ def catalog(paths: Iterable[Path], best: str | None = None, mode: str | None = N
     for entry in sorted(with_metric, key=lambda e: str(e.sidecar_path)):
         exp = str(entry.doc.get("exp_name"))
         current = best_per_exp.get(exp)
-        if current is None or sign * entry.metrics[best] < sign * current.metrics[best]:
+        if current is None or sign * value[id(entry)] < sign * value[id(current)]:
             best_per_exp[exp] = entry
-    rows = sorted(best_per_exp.values(), key=lambda e: (sign * e.metrics[best], str(e.doc.get("exp_name"))))
+    rows = sorted(best_per_exp.values(),
+                  key=lambda e: (sign * value[id(e)], str(e.doc.get("exp_name"))))
     if sort:
         rows = sort_entries(rows, sort)
     return CatalogResult(rows, best, chosen_mode, len(entries) - len(with_metric), warnings)
