@@ -47,10 +47,23 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     storage or virtual datasets; nothing declared that is not stored) raises a
     ``ckptctl.errors.CkptError``, never an h5py error.
     """
+    arrays, _ = _read_any(Path(path))
+    return arrays
+
+
+def _read_any(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(name -> array with its real dtype, tied alias -> the name it shares) of a
+    ``.weights.h5`` or a ``.safetensors`` file (``convert --weights-format safetensors``)."""
+    if path.name.endswith(".safetensors"):
+        from .layouts.safetensors_out import read_safetensors_tensors
+
+        arrays, ties = read_safetensors_tensors(path, logical=True)
+        for alias, target in ties.items():
+            arrays[alias] = arrays[target]
+        return arrays, ties
     from .layouts.ckptctl_tensors import read_tensors
 
-    arrays, _ = read_tensors(Path(path), logical=True)
-    return arrays
+    return read_tensors(path, logical=True)
 
 
 @_memory_as_ckpt_error
@@ -60,13 +73,16 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     ``model.load_state_dict(ckptctl.load_state_dict(p), strict=True)`` restores a model.
     Raises ``CkptError`` like ``load_weights``.
     """
-    import torch  # imported only here: the rest of ckptctl runs without torch
+    try:
+        import torch  # imported only here: the rest of ckptctl runs without torch
+    except ImportError as exc:
+        raise ImportError("ckptctl.load_state_dict needs torch: pip install 'ckptctl[torch]' "
+                          "(ckptctl.load_weights returns numpy arrays without it)") from exc
 
-    from .layouts.ckptctl_tensors import read_tensors
     from .readers.tensor import BIT_CAST_DTYPES
 
     # Logical arrays carry the real dtype (ml_dtypes spells bfloat16/float8 as torch does).
-    arrays, ties = read_tensors(Path(path), logical=True)
+    arrays, ties = _read_any(Path(path))
     result: dict[str, Any] = {}
     for name, values in arrays.items():
         if name in ties:
@@ -92,18 +108,27 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
 class FoundForLoading(NamedTuple):
     path: Path
-    #: "keras3" (Keras 3 loads it), "ckptctl-tensors", "tf-index" (legacy prefix),
-    #: "keras-h5", "torch", or None when nothing exists at or next to ``path``
+    #: "keras3" (Keras 3 loads it: a ``.weights.h5`` or a ``.keras`` file), "ckptctl-tensors",
+    #: "tf-index" (legacy prefix), "keras-h5", "torch", another source format's id, or None
+    #: when nothing recognisable exists at or next to ``path``
     kind: str | None
 
 
 _LEGACY_SUFFIXES = (".ckpt", ".h5", ".hdf5", ".pt", ".pth", ".bin")
 
+#: format id (``ckptctl.formats``) -> the kind ``find_checkpoint_for_loading`` answers
+_KIND_OF_FORMAT = {
+    "torch-zip": "torch", "torch-legacy": "torch", "tf-index": "tf-index",
+    "keras2-h5-model": "keras-h5", "keras2-h5-weights": "keras-h5",
+    "keras3-weights-h5": "keras3", "keras3-keras": "keras3",
+}
+
 
 def find_checkpoint_for_loading(path: str | Path) -> FoundForLoading:
     """The best file to load for ``path``: its converted ``<stem>.weights.h5`` when present,
     else the legacy checkpoint (a TF prefix such as ``model.ckpt`` with ``.index``/``.data-*``,
-    a Keras 2 ``.h5`` or a torch file).
+    a Keras 2 ``.h5``, a Keras 3 ``.keras`` or a torch file), its kind recognised by content
+    as ``ckptctl scan`` recognises it (never from the extension alone).
 
     ``path`` may name either form: ``run/model.ckpt`` or ``run/model.weights.h5``. Mirrors the
     fallback Keras 3 users write by hand after upgrading (try the .weights.h5, else the legacy
@@ -125,8 +150,12 @@ def find_checkpoint_for_loading(path: str | Path) -> FoundForLoading:
         if candidate.with_name(candidate.name + ".index").is_file():
             return FoundForLoading(candidate, "tf-index")
         if candidate.is_file():
-            suffix = candidate.suffix
-            return FoundForLoading(candidate, "keras-h5" if suffix in (".h5", ".hdf5") else "torch")
+            from .formats import classify
+
+            found = classify(candidate)
+            if found is None or found.format is None:
+                continue  # not a checkpoint, or a damaged one
+            return FoundForLoading(candidate, _KIND_OF_FORMAT.get(found.format, found.format))
     return FoundForLoading(path, None)
 
 

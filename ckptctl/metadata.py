@@ -1,8 +1,9 @@
 """Gather a checkpoint's metadata from every source available, recording where each came from.
 
 Sources are offered in priority order: the checkpoint's own fields (its format's
-``read_metadata``, e.g. Lightning's ModelCheckpoint callback state), the logger's
-``metrics.csv``, ``hparams.yaml``, the Hydra config, and the file name
+``read_metadata``, e.g. Lightning's ModelCheckpoint callback state, a Hugging Face
+``trainer_state.json``), the logger's ``metrics.csv`` and ``hparams.yaml``, TensorBoard
+event files and W&B runs (``logsources``), the Hydra config, and the file name
 (``gather_common``). The first source to offer a field wins; a later source that disagrees
 (beyond the rounding it was written with) is recorded as a conflict rather than silently
 dropped. Field paths are one typed vocabulary (``FieldPath``), checked against the sidecar
@@ -51,6 +52,12 @@ class Gathered:
     sources: dict[str, str] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: facts that shape how later sources are read, not sidecar fields: "saves_mid_epoch"
+    #: (a step- or time-based ModelCheckpoint: the file may have been saved before values
+    #: logged at its own step (its epoch's validation), so no logged values are taken)
+    hints: dict[str, Any] = field(default_factory=dict)
+    #: said to the user even without -v (a refused pickle among a checkpoint's files)
+    warnings: list[str] = field(default_factory=list)
 
     def offer(self, name: FieldPath, value: Any, source: str, tolerance: float = 0.0) -> None:
         if name not in FIELD_PATHS:  # a computed name that slipped past the type checker
@@ -145,6 +152,9 @@ def _walk_limited(root: Path, max_depth: int, max_entries: int = 20000) -> Itera
                 yield Path(entry.path)
 
 
+walk_limited = _walk_limited
+
+
 def _nearest(path: Path, candidates: list[Path]) -> Path | None:
     def shared(c: Path) -> int:
         return len(os.path.commonpath([str(c.parent), str(path.parent)]))
@@ -159,7 +169,7 @@ class _RunCache:
 
     def __init__(self) -> None:
         self.walks: dict[Path, list[Path]] = {}
-        self.metrics: dict[tuple[Path, int, int], dict[int, dict[str, float]] | str] = {}
+        self.metrics: dict[tuple[Path, int, int], MetricRows | str] = {}
 
     def logger_files(self, exp_root: Path) -> list[Path]:
         if exp_root not in self.walks:
@@ -167,8 +177,8 @@ class _RunCache:
                                     if p.name in ("metrics.csv", "hparams.yaml")]
         return self.walks[exp_root]
 
-    def metrics_by_epoch(self, path: Path) -> dict[int, dict[str, float]] | str:
-        """Each epoch's metrics (later rows of an epoch win), or why the file was skipped."""
+    def metrics_by_epoch(self, path: Path) -> MetricRows | str:
+        """Each epoch's rows (step, values), in file order, or why the file was skipped."""
         try:
             info = os.stat(path)
         except OSError as exc:
@@ -186,17 +196,25 @@ def start_run() -> None:
     """Forget the logger files read so far (``convert`` calls it once per run)."""
     global _RUN
     _RUN = _RunCache()
+    from . import logsources
+
+    logsources.reset()
 
 
-def _read_metrics_csv(path: Path) -> dict[int, dict[str, float]] | str:
-    by_epoch: dict[int, dict[str, float]] = {}
+#: epoch -> its rows in file order: (the step column, or None without one; the row's values)
+MetricRows = dict[int, list[tuple[int | None, dict[str, float]]]]
+
+
+def _read_metrics_csv(path: Path) -> MetricRows | str:
+    by_epoch: MetricRows = {}
     try:
         with open_regular(path, "r", newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 epoch = _to_int(row.get("epoch"))
                 if epoch is None:
                     continue
-                merged = by_epoch.setdefault(epoch, {})
+                merged: dict[str, float] = {}
+                by_epoch.setdefault(epoch, []).append((_to_int(row.get("step")), merged))
                 for column, text in row.items():
                     if column in ("epoch", "step") or column is None or not text:
                         continue
@@ -214,13 +232,17 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
     files = _RUN.logger_files(exp_root)
     metrics_csv = _nearest(path, [p for p in files if p.name == "metrics.csv"])
     epoch = g.get("training.epoch")
-    if metrics_csv is not None and isinstance(epoch, int):
+    if metrics_csv is not None and isinstance(epoch, int) and g.hints.get("saves_mid_epoch"):
+        g.notes.append(f"{metrics_csv.name}: a step-based ModelCheckpoint's file may precede "
+                       "values logged at its step; none attributed to it")
+    elif metrics_csv is not None and isinstance(epoch, int):
         source = f"metrics.csv:{os.path.relpath(metrics_csv, exp_root)}"
         metrics = _RUN.metrics_by_epoch(metrics_csv)
         if isinstance(metrics, str):
             g.notes.append(f"{metrics_csv}: {metrics}")
         else:
-            for column, value in metrics.get(epoch, {}).items():
+            for column, value in _epoch_values(metrics.get(epoch, []),
+                                               g.get("training.global_step")).items():
                 g.offer_metric(column, value, source)
     hparams = _nearest(path, [p for p in files if p.name == "hparams.yaml"])
     if hparams is not None:
@@ -229,6 +251,22 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
             source = f"hparams.yaml:{os.path.relpath(hparams, exp_root)}"
             g.offer("model.hyper_parameters", data, source)
             g.offer("model.architecture", architecture(data), source)
+
+
+def _epoch_values(rows: list[tuple[int | None, dict[str, float]]], global_step: Any
+                  ) -> dict[str, float]:
+    """The checkpoint's epoch's values, later rows winning; with its global step N known, only
+    rows logged at steps before N (Lightning logs an epoch's validation at the step before
+    the end-of-epoch checkpoint's: a checkpoint saved mid-epoch must not get the validation
+    values logged after it). Rows without a step (a CSV of another tool) are kept. (A
+    step-based ModelCheckpoint's files get no logged values at all: ``gather_from_logs``.)"""
+    bound = global_step if isinstance(global_step, int) and not isinstance(global_step, bool) \
+        else None
+    merged: dict[str, float] = {}
+    for step, values in rows:
+        if bound is None or step is None or step < bound:
+            merged.update(values)
+    return merged
 
 
 def _to_int(text: Any) -> int | None:
@@ -370,11 +408,15 @@ def gather_from_filename(path: Path, stem: str, g: Gathered) -> None:
 
 def gather_common(path: Path, stem: str, exp_root: Path, g: Gathered) -> None:
     """The format-independent sources, after the checkpoint's own: logger files (which need
-    the epoch the checkpoint gave), Hydra, then file-name tokens (which defer to metrics
-    already known under another spelling)."""
+    the epoch or step the checkpoint gave: CSV, then TensorBoard, then W&B), Hydra, then
+    file-name tokens (which defer to metrics already known under another spelling)."""
     # Absolute, both: a relative --checkpoint under an absolute experiment folder must not
     # mix the two (os.path.commonpath refuses).
     path, exp_root = path.absolute(), exp_root.absolute()
+    from .logsources import gather_from_tensorboard, gather_from_wandb
+
     gather_from_logs(path, exp_root, g)
+    gather_from_tensorboard(path, exp_root, g)
+    gather_from_wandb(path, exp_root, g)
     gather_from_hydra(path, exp_root, g)
     gather_from_filename(path, stem, g)

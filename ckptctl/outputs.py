@@ -13,12 +13,17 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import temp_prefix
 from .walk import LOCK_SUFFIX, SIDECAR_SUFFIX, WEIGHTS_SUFFIX
 
+if TYPE_CHECKING:
+    from .schema import Sidecar
+
 #: suffixes cut from a source's name to form its stem (longest first where they overlap)
-_STEM_SUFFIXES = (WEIGHTS_SUFFIX, ".ckpt", ".pt", ".pth", ".bin", ".h5", ".hdf5")
+_STEM_SUFFIXES = (WEIGHTS_SUFFIX, ".safetensors.index.json", ".bin.index.json", ".ckpt", ".pt",
+                  ".pth", ".bin", ".h5", ".hdf5", ".safetensors")
 
 
 def stem_of(path: Path) -> str:
@@ -38,6 +43,12 @@ class CheckpointOutputs:
     lock: Path
     #: every temporary of this checkpoint starts with this name, in ``sidecar.parent``
     temp_prefix: str
+
+    def weights_with(self, suffix: str) -> Path:
+        """The weights file with another suffix (``<stem>.safetensors``)."""
+        if suffix == WEIGHTS_SUFFIX:
+            return self.weights
+        return self.weights.with_name(self.weights.name[: -len(WEIGHTS_SUFFIX)] + suffix)
 
     def remove_stale_temporaries(self) -> None:
         """Temporaries left by a killed run. Call with the lock held: no live process can
@@ -99,3 +110,23 @@ class OutputLayout:
             if mirrored.exists():
                 roots.append(mirrored)
         return roots
+
+
+def weights_problem(sidecar: Sidecar, folder: Path) -> str | None:
+    """Why the weights a sidecar in ``folder`` names are not as it records them (missing, or
+    another size), or None when they are (or it names none). Only ``stat``: the sha256 is
+    ``validate --deep``'s. A path leaving the folder is not followed (``validate`` names it)."""
+    named = sidecar.weights_path
+    if named is None:
+        return None
+    if "\0" in named or os.path.isabs(named) or os.path.normpath(named).split(os.sep)[0] == "..":
+        return "the sidecar names weights outside its folder (see ckptctl validate)"
+    try:
+        info = os.stat(folder / named)
+    except FileNotFoundError:
+        return "weights file missing"
+    except OSError as exc:
+        return f"weights file unreadable ({exc.strerror})"
+    if sidecar.weights is not None and info.st_size != sidecar.weights.size_bytes:
+        return "weights size differs from the sidecar"
+    return None

@@ -712,11 +712,13 @@ def test_documented_source_order_end_to_end_on_a_small_tree(tmp_path: Path) -> N
     write(tmp_path, "logs/metrics.csv", METRICS_CSV)
     write(tmp_path, "logs/hparams.yaml", "lr: 0.001\n")
     write(tmp_path, ".hydra/config.yaml", HYDRA_CONFIG)
-    stem = "epoch=1-step=19-val_loss=0.40-lr=0.02"
+    # Lightning logs an epoch's validation at the step before its checkpoint's global_step
+    # (the CSV's epoch 1 rows are at step 19; its end-of-epoch checkpoint is step 20)
+    stem = "epoch=1-step=20-val_loss=0.40-lr=0.02"
     path = tmp_path / "checkpoints" / f"{stem}.ckpt"
     callback_state = mc_state(best_k_models={f"/x/{path.name}": 0.78}, last_model_path="")
     g = Gathered()
-    gather_from_checkpoint({"epoch": 1, "global_step": 19, "pytorch-lightning_version": "2.2.1",
+    gather_from_checkpoint({"epoch": 1, "global_step": 20, "pytorch-lightning_version": "2.2.1",
                             "best_val_loss": 0.38, "callbacks": {MC_KEY: callback_state}},
                            path, g, lambda t: None)
     gather_common(path, stem, tmp_path, g)
@@ -734,6 +736,30 @@ def test_documented_source_order_end_to_end_on_a_small_tree(tmp_path: Path) -> N
     assert g.get("model.architecture") == "DBNet"  # hparams.yaml had none: Hydra gives it
     assert g.get("checkpointing.save_top_k") == 2
     assert g.conflicts == []
+
+
+def test_a_mid_epoch_checkpoint_gets_only_the_rows_logged_before_it(tmp_path: Path) -> None:
+    """Stops: a checkpoint saved mid-epoch (``every_n_train_steps``) labelled with its
+    epoch's validation values, which were logged after it was saved (a metric from the
+    wrong step). Rows as a real Lightning CSVLogger writes them: validation of an epoch at
+    the step before the end-of-epoch checkpoint's global_step."""
+    write(tmp_path, "logs/metrics.csv", """\
+epoch,step,train_loss,val_loss
+1,4,0.98,
+1,5,0.84,
+1,6,0.85,
+1,7,0.59,
+1,7,,0.77
+""")
+    path = tmp_path / "checkpoints" / "mid.ckpt"
+    g = Gathered()
+    gather_from_checkpoint({"epoch": 1, "global_step": 6}, path, g, lambda t: None)
+    gather_common(path, "mid", tmp_path, g)
+    assert g.metrics() == {"train_loss": 0.84}  # step 5, the last logged before step 6
+    end = Gathered()
+    gather_from_checkpoint({"epoch": 1, "global_step": 8}, path, end, lambda t: None)
+    gather_common(path, "mid", tmp_path, end)
+    assert end.metrics() == {"train_loss": 0.59, "val_loss": 0.77}
 
 
 # --- parse_filename ------------------------------------------------------------------------

@@ -72,6 +72,17 @@ def test_offline_run_matches_what_wandb_logged(offline_run: dict[str, Any]) -> N
     assert not run.log_truncated
 
 
+def test_offline_run_history_replays_every_log_call(offline_run: dict[str, Any]) -> None:
+    """Each ``wandb.log(..., step=N)`` is one history row with its own values (not the
+    summary's last ones): what a checkpoint of step N is matched against."""
+    (folder,) = wb.find_wandb_runs(offline_run["root"])
+    run = wb.read_wandb_run(folder)
+    rows = [{k: v for k, v in row.items() if not k.startswith("_") or k == "_step"}
+            for row in run.history]
+    assert rows == [{"_step": step, "loss": 1.0 / (step + 1), "acc": step / 10,
+                     "val/f1": step / 4} for step in range(5)]
+
+
 def test_truncated_transaction_log_keeps_what_was_whole(offline_run: dict[str, Any],
                                                         tmp_path: Path) -> None:
     (folder,) = wb.find_wandb_runs(offline_run["root"])

@@ -1,19 +1,19 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from . import options
-from .console import EXIT_FAILED, Console
+from .console import EXIT_FAILED, Console, plural
 
 if TYPE_CHECKING:
     from ..ops.convert import ConvertOptions, ConvertReport, ItemResult, Status, Target
 
 
 @click.command("convert")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Convert one checkpoint: a file, or a TF prefix such as run/model.ckpt.")
 @click.option("--exp-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -21,11 +21,18 @@ if TYPE_CHECKING:
 @click.option("--outputs-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Convert every checkpoint below an outputs folder (one experiment per subfolder).")
 @options.output_dir("Write outputs under DIR, mirroring the source tree (for read-only or shared "
-                    "source folders); sidecars point back at the sources.")
+                    "source folders); sidecars point back at the sources. Formerly --output-dir "
+                    "(still accepted).")
 @click.option("--force", is_flag=True, help="Reconvert even when the outputs are up to date.")
 @click.option("--dry-run", is_flag=True, help="Say what would be converted; write nothing.")
 @options.no_recursive
 @click.option("--metadata-only", is_flag=True, help="Write sidecars only, no weights files.")
+@click.option("--weights-format", type=click.Choice(["h5", "safetensors"]), default="h5",
+              show_default=True,
+              help="h5: <stem>.weights.h5 (Keras-3-loadable for Keras sources). safetensors: "
+                   "<stem>.safetensors for PyTorch-family sources (safetensors.torch.load_file "
+                   "reads it; tied tensors stored once, their aliases in its metadata); a "
+                   "safetensors source is then described, not rewritten; Keras sources keep .weights.h5.")
 @click.option("--keras-model", metavar="MODULE:FUNCTION",
               help="Build your Keras 3 model with MODULE:FUNCTION: verify the converted weights "
                    "against it, or map the checkpoint onto it when no layout is certain "
@@ -51,28 +58,42 @@ if TYPE_CHECKING:
 @click.option("--wait", is_flag=True,
               help="With --submit: wait for the array, then summarise it from the tree.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list skipped files and show tracebacks of internal errors.")
-def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | None,
+def command(paths: tuple[Path, ...], checkpoint: Path | None, exp_dir: Path | None,
+            outputs_dir: Path | None,
             output_dir: Path | None, force: bool,
-            dry_run: bool, no_recursive: bool, metadata_only: bool, keras_model: str | None,
+            dry_run: bool, no_recursive: bool, metadata_only: bool, weights_format: str,
+            keras_model: str | None,
             jobs: int | None, shard: str | None, fmt: str, submit: str | None,
             array_tasks: int, cpus_per_task: int, partition: str | None,
             time_limit: str | None, wait: bool, verbose: bool) -> None:
     """Write <stem>.weights.h5 and <stem>.metadata.yaml next to each checkpoint.
 
-    Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
+    PATHS are folders (each converted like --outputs-dir: every checkpoint below it, one
+    experiment per subfolder, or the experiment it is or lies in) and checkpoint files or
+    TF prefixes (each like --checkpoint); give PATHS or one of --checkpoint, --exp-dir,
+    --outputs-dir. Weights are stored bit-exact (dtype, shape, values, tied tensors); the sidecar gathers
     metadata from the checkpoint, its callback state, Hydra config, logger files and file
     name. Sources are never modified. Up-to-date outputs are skipped. Exits 0 when nothing
     failed, 1 when any checkpoint failed (the others are still converted), 2 on usage errors.
     """
     console = Console(verbose=verbose)
     chosen = [o for o in (checkpoint, exp_dir, outputs_dir) if o is not None]
-    if len(chosen) != 1:
-        console.usage_error("give exactly one of --checkpoint, --exp-dir or --outputs-dir")
+    if paths and chosen:
+        console.usage_error("give folders and checkpoints as PATHS, or one of --checkpoint, "
+                            "--exp-dir or --outputs-dir, not both")
+    if not paths and len(chosen) != 1:
+        console.usage_error("give PATHS (folders or checkpoints), or exactly one of "
+                            "--checkpoint, --exp-dir or --outputs-dir")
+    for path in paths:
+        if not (path.exists() or path.with_name(path.name + ".index").exists()):
+            raise click.BadParameter(f"{path} does not exist (nor {path.name}.index)",
+                                     param_hint="'PATHS...'")
     from ..ops.convert import (
         ConvertOptions,
         targets_for_checkpoint,
         targets_for_exp_dir,
         targets_for_outputs_dir,
+        targets_for_paths,
     )
 
     if keras_model is not None:
@@ -90,21 +111,25 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
         if shard is not None or given_jobs == click.core.ParameterSource.COMMANDLINE:
             console.usage_error("--submit chooses shards and workers itself: drop --shard/--jobs")
         given = [("--checkpoint", checkpoint), ("--exp-dir", exp_dir), ("--outputs-dir", outputs_dir),
-                 ("--output-dir", output_dir), ("--keras-model", keras_model)]
+                 ("--into", output_dir), ("--keras-model", keras_model)]
         args = [part for flag, value in given if value is not None
                 for part in (flag, str(value if flag == "--keras-model" else Path(value).absolute()))]
+        args += [str(path.absolute()) for path in paths]
         args += [flag for flag, on in (("--force", force), ("--dry-run", dry_run),
                                        ("--no-recursive", no_recursive),
                                        ("--metadata-only", metadata_only)) if on]
+        args += ["--weights-format", weights_format] if weights_format != "h5" else []
         _submit(console, args, array_tasks, cpus_per_task, partition, time_limit, wait,
-                outputs_dir or exp_dir or (checkpoint.parent if checkpoint else Path.cwd()),
-                output_dir, recursive)
+                [outputs_dir or exp_dir or (checkpoint.parent if checkpoint else Path.cwd())]
+                if not paths else list(paths), output_dir, recursive)
     if checkpoint is not None and not (
         checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".index").exists()
     ):
         raise click.BadParameter(f"{checkpoint} does not exist (nor {checkpoint.name}.index)",
                                  param_hint="'--checkpoint'")
-    if checkpoint is not None:
+    if paths:
+        targets, warnings = targets_for_paths(paths, recursive)
+    elif checkpoint is not None:
         targets, warnings = targets_for_checkpoint(checkpoint)
     elif exp_dir is not None:
         targets, warnings = targets_for_exp_dir(exp_dir, recursive)
@@ -114,12 +139,12 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
     console.warnings(warnings)
     run_options = ConvertOptions(force=force, dry_run=dry_run, metadata_only=metadata_only,
                                  keras_model=keras_model, output_dir=output_dir,
-                                 jobs=options.resolve_jobs(jobs))
+                                 jobs=options.resolve_jobs(jobs), weights_format=weights_format)
     # A Slurm array splits a whole tree by itself; an array whose tasks each name their own
-    # --exp-dir or --checkpoint must not silently convert a fraction of it.
-    if shard is not None or outputs_dir is not None:
-        targets = _my_shard(console, shard, targets, run_options,
-                            checkpoint.parent if checkpoint is not None else exp_dir or outputs_dir)
+    # --exp-dir or --checkpoint (or checkpoint files) must not silently convert a fraction
+    # of it. Each target's shard key is relative to the path it was found from.
+    if shard is not None or outputs_dir is not None or any(p.is_dir() for p in paths):
+        targets = _my_shard(console, shard, targets, run_options)
     report = _run(console, targets, run_options, fmt)
     done: Status = "would convert" if dry_run else "converted"
     if fmt == "jsonl":
@@ -136,7 +161,7 @@ def command(checkpoint: Path | None, exp_dir: Path | None, outputs_dir: Path | N
 
 
 def _submit(console: Console, args: list[str], tasks: int, cpus: int, partition: str | None,
-            time_limit: str | None, wait: bool, tree: Path, output_dir: Path | None,
+            time_limit: str | None, wait: bool, trees: list[Path], output_dir: Path | None,
             recursive: bool) -> NoReturn:
     from ..errors import UsageError
     from ..slurm import SlurmArray, SubmitError, submit, task_logs
@@ -158,19 +183,19 @@ def _submit(console: Console, args: list[str], tasks: int, cpus: int, partition:
         console.error(record["source"], f"{record.get('reason')} ({record['task_log']})")
     from ..ops.scan import scan
 
-    rows = scan([tree], recursive=recursive, output_dir=output_dir).rows
+    rows = scan(trees, recursive=recursive, output_dir=output_dir).rows
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     converted = sum(r.get("status") == "converted" for r in records)
-    console.message(f"job {job.job_id} done: {converted} converted by {tasks} tasks, "
-                    f"{len(failed)} failed; the tree now: {len(rows)} checkpoints, "
+    console.message(f"job {job.job_id} done: {converted} converted by {plural(tasks, 'task')}, "
+                    f"{len(failed)} failed; the tree now: {plural(len(rows), 'checkpoint')}, "
                     + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"))
     console.exit(EXIT_FAILED if failed or job.status else 0)
 
 
 def _my_shard(console: Console, option: str | None, targets: list[Target],
-              run_options: ConvertOptions, root: Path | None) -> list[Target]:
+              run_options: ConvertOptions) -> list[Target]:
     from ..errors import UsageError
     from ..ops.convert import select_shard
     from ..sharding import resolve_shard
@@ -183,10 +208,9 @@ def _my_shard(console: Console, option: str | None, targets: list[Target],
         console.usage_error(exc.message)  # the scheduler's variables are: they name themselves
     if shard is None:
         return targets
-    assert root is not None
-    mine = select_shard(targets, run_options, shard, root)
-    console.message(f"shard {shard} (from {shard.origin}): {len(mine)} of {len(targets)} "
-                    "checkpoints")
+    mine = select_shard(targets, run_options, shard)
+    console.message(f"shard {shard} (from {shard.origin}): {len(mine)} of "
+                    f"{plural(len(targets), 'checkpoint')}")
     return mine
 
 
@@ -212,24 +236,30 @@ def _run(console: Console, targets: list[Target], run_options: ConvertOptions,
                 console.line(f"skipped        {item.source} ({item.reason})")
         else:
             console.line(f"{item.status:<14} {item.source}")
-            if console.verbose:
-                for note in item.notes:
+            for note in item.notes:
+                if note.startswith("warning: "):  # shown without -v
+                    console.warnings([f"{item.source}: {note[len('warning: '):]}"])
+                elif console.verbose:
                     console.note(f"{item.source}: {note}")
 
     if fmt == "jsonl":
         return convert(targets, run_options, report_json)
-    if not (sys.stderr.isatty() and len(targets) > 1 and not run_options.dry_run):
+    if run_options.dry_run:
         return convert(targets, run_options, report_item)
-    from rich.console import Console as RichConsole
-    from rich.progress import Progress
+    # A bar over the sources' bytes, naming the checkpoint in hand; lines print above it.
+    with console.progress([(t.found.path, _source_size(t)) for t in targets]) as advance:
 
-    # The bar lives on stderr; stdout lines go above it only when stdout is that terminal.
-    with Progress(console=RichConsole(stderr=True), transient=True,
-                  redirect_stdout=sys.stdout.isatty(), redirect_stderr=False) as progress:
-        task = progress.add_task("converting", total=len(targets))
-
-        def advance(item: ItemResult) -> None:
+        def report_and_advance(item: ItemResult) -> None:
             report_item(item)
-            progress.advance(task)
+            advance()
 
-        return convert(targets, run_options, advance)
+        return convert(targets, run_options, report_and_advance)
+
+
+def _source_size(target: Target) -> int:
+    from ..sources import fingerprint
+
+    try:
+        return fingerprint(target.found.path, target.found.format).size_bytes
+    except OSError:
+        return 0  # reported by convert itself

@@ -24,13 +24,18 @@ from .base import (
     WeightsPlan,
     WrittenWeights,
 )
+from .huggingface import HF_SHARDED, HF_TRAINER
 from .keras2_h5 import KERAS2_H5
 from .keras3_native import KERAS3_NATIVE
 from .pytorch import TORCH_LEGACY, TORCH_ZIP
+from .safetensors import SAFETENSORS
 from .tf_index import TF_INDEX
 
-#: In asking order: formats recognised by name first (TF shards, HDF5, .keras), then by magic.
-REGISTRY: Final[tuple[SourceFormat, ...]] = (TF_INDEX, KERAS2_H5, KERAS3_NATIVE, TORCH_ZIP, TORCH_LEGACY)
+#: In asking order: a Trainer folder first (it claims every file in it), then formats
+#: recognised by name (TF shards, HDF5, .keras, HF shard indexes and their shards), then by
+#: content (safetensors, torch).
+REGISTRY: Final[tuple[SourceFormat, ...]] = (HF_TRAINER, TF_INDEX, KERAS2_H5, KERAS3_NATIVE,
+                                             HF_SHARDED, SAFETENSORS, TORCH_ZIP, TORCH_LEGACY)
 
 _BY_ID: Final[dict[str, SourceFormat]] = {fmt: entry for entry in REGISTRY for fmt in entry.ids}
 #: extensions that promise a checkpoint: a file named so that no format claims is reported
@@ -77,7 +82,10 @@ def classify(path: Path) -> FoundCheckpoint | None:
         return None
     probe = Probe(path)
     for entry in REGISTRY:
-        verdict = entry.sniff(probe)
+        try:
+            verdict = entry.sniff(probe)
+        except OSError as exc:  # vanished or unreadable while being looked at
+            return FoundCheckpoint(path, None, f"cannot read ({exc.strerror})", "os")
         if verdict is NOT_A_SOURCE:
             return None
         if isinstance(verdict, FoundCheckpoint):

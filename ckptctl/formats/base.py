@@ -36,6 +36,10 @@ FormatId = Literal[
     "keras2-h5-weights",  # Keras 2 model.save_weights("w.h5")
     "keras3-weights-h5",  # Keras 3 save_weights("x.weights.h5"): described, never rewritten
     "keras3-keras",       # Keras 3 model.save("x.keras"): described, never rewritten
+    "safetensors",        # safetensors file (save_file, save_pretrained): header + raw bytes
+    "safetensors-sharded",  # HF index (model.safetensors.index.json) + its safetensors shards
+    "torch-sharded",      # HF index (pytorch_model.bin.index.json) + its torch.save shards
+    "hf-trainer",         # a Hugging Face Trainer checkpoint folder (checkpoint-500/)
 ]
 FORMAT_IDS: Final[tuple[FormatId, ...]] = get_args(FormatId)
 
@@ -135,12 +139,17 @@ class WeightsPlan:
     describe_native: Callable[[], WrittenWeights] | None = None
     #: said to the user on success (e.g. why a Keras 3 layout was not possible)
     notes: list[str] = field(default_factory=list)
+    #: the weights file's suffix (``<stem>.weights.h5``, or ``<stem>.safetensors`` with
+    #: ``--weights-format safetensors``)
+    suffix: str = ".weights.h5"
 
 
 @dataclass
 class WeightsOptions:
     #: ``--keras-model module:function``: build the user's Keras 3 model to verify against
     keras_model: str | None = None
+    #: ``--weights-format``: "h5" (``.weights.h5``) or "safetensors" (PyTorch-family sources)
+    weights_format: str = "h5"
 
 
 class OpenedSource(ABC):

@@ -4,13 +4,14 @@ fallback with the reason; and ``--keras-model`` verification."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -72,7 +73,18 @@ def keras3_or_fallback(fmt: base.FormatId, g: Gathered, model: KLayer | None, wh
                        options: base.WeightsOptions) -> base.WeightsPlan:
     """The Keras 3 layout when ``model`` maps onto it with certainty; with --keras-model,
     the user's model filled variable by variable; else every model variable in the
-    ``ckptctl-tensors`` layout, with a note saying why."""
+    ``ckptctl-tensors`` layout, with a note saying why. Always a ``.weights.h5``: Keras 3
+    loads that, and ``--weights-format safetensors`` is for PyTorch-family sources."""
+    plan = _keras_plan(fmt, g, model, why_not, fallback, options)
+    if options.weights_format == "safetensors":
+        plan.notes.append("a Keras source: wrote .weights.h5 (--weights-format safetensors is "
+                          "for PyTorch-family sources)")
+    return plan
+
+
+def _keras_plan(fmt: base.FormatId, g: Gathered, model: KLayer | None, why_not: str | None,
+                fallback: Callable[[], list[TensorToWrite]],
+                options: base.WeightsOptions) -> base.WeightsPlan:
     from ..layouts.keras3 import Unmappable
 
     if model is not None:
@@ -159,6 +171,40 @@ def _assign_to_keras_model(spec: str, items: list[TensorToWrite], fmt: base.Form
 _SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
+@contextlib.contextmanager
+def _quiet_tensorflow_startup() -> Iterator[None]:
+    """TensorFlow's start-up lines (oneDNN, CUDA stubs, CPU features: printed by its C++
+    runtime on fd 2 while it loads, before any log level applies) and absl's warnings are
+    noise around ckptctl's one line per checkpoint. Silenced while the user's module is
+    imported, unless TensorFlow is loaded already or the user chose a level with
+    ``TF_CPP_MIN_LOG_LEVEL``. What was swallowed is replayed if the import fails."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # what TensorFlow logs once loaded
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            except BaseException:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    try:
+        from absl import logging as absl_logging  # installed with TensorFlow
+    except ImportError:
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 def resolve_keras_builder(spec: str) -> Callable[[], Any]:
     """The function ``module:function`` names, importing its module.
 
@@ -173,7 +219,8 @@ def resolve_keras_builder(spec: str) -> Callable[[], Any]:
     # `python -m ckptctl` puts the current folder first: move it (and "") to the end.
     sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)] + [cwd]
     try:
-        module = importlib.import_module(module_name)
+        with _quiet_tensorflow_startup():  # the user's module imports Keras, hence TensorFlow
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"--keras-model {spec}: cannot import {module_name} ({exc})") from None
     builder = getattr(module, function_name, None)

@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..budgets import spend_output
+from ..budgets import OUTPUT_PER_TENSOR, spend_output
 from ..errors import (
     BudgetExceededError,
     CkptError,
@@ -97,6 +97,9 @@ def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
     weights are committed only when the file on disk holds exactly the source's values.
     Large datasets are read in slices of rows, so memory stays at one slice. Read like any
     other HDF5 input (``readers.h5safe``), though ckptctl has just written it."""
+    # One buffer for every slice read: allocating and freeing a fresh 32 MiB array per slice
+    # can leave the allocator holding one more (peak RSS up by a slice, depending on timing).
+    buffer: np.ndarray | None = None
     try:
         with open_h5(path) as f:
             budget = budget_for(f)
@@ -106,13 +109,18 @@ def verify_datasets(path: Path, checksums: dict[str, int]) -> None:
                 if dataset.ndim == 0 or dataset.size == 0:
                     got = checksum(read_dataset(dataset, budget))
                 else:
-                    row_bytes = max(1, dataset.nbytes // dataset.shape[0])
-                    step = max(1, _VERIFY_CHUNK_BYTES // row_bytes)
+                    rows_total = dataset.shape[0]
+                    row_bytes = max(1, dataset.nbytes // rows_total)
+                    step = min(rows_total, max(1, _VERIFY_CHUNK_BYTES // row_bytes))
+                    if buffer is None or buffer.nbytes < step * row_bytes:
+                        buffer = np.empty(max(_VERIFY_CHUNK_BYTES, step * row_bytes), np.uint8)
                     got = 0
-                    for start in range(0, dataset.shape[0], step):
-                        rows = np.ascontiguousarray(dataset[start:start + step])
-                        got = zlib.crc32(rows.view(np.uint8).reshape(-1).data, got)
-                        del rows
+                    for start in range(0, rows_total, step):
+                        count = min(step, rows_total - start)
+                        rows = buffer[:count * row_bytes].view(dataset.dtype).reshape(
+                            (count, *dataset.shape[1:]))
+                        dataset.read_direct(rows, source_sel=np.s_[start:start + count])
+                        got = zlib.crc32(buffer[:count * row_bytes].data, got)
                 if got != expected:
                     raise VerificationError(f"verification failed: {dataset_path} read back differently")
     except CkptError as exc:
@@ -141,6 +149,7 @@ def write_tensors(
             if link in group:
                 raise UnsupportedCheckpointError(f"duplicate tensor name {tensor.name!r}")
             summary.tensor_count += 1
+            spend_output(OUTPUT_PER_TENSOR, f"tensor {tensor.name[:120]!r}")
             if tensor.tie_key is not None and tensor.tie_key in first_link:
                 group[link] = group[first_link[tensor.tie_key]]  # hard link: stored once
                 continue

@@ -16,7 +16,7 @@ from typing import Literal
 from ..discovery import discover
 from ..errors import CkptError, ErrorKind, NewerSidecarError, describe_error
 from ..formats import FoundCheckpoint, format_for
-from ..outputs import OutputLayout
+from ..outputs import OutputLayout, weights_problem
 from ..sources import fingerprint
 
 #: "newer": converted by a newer ckptctl, whose sidecar this one cannot judge
@@ -57,8 +57,14 @@ def scan(paths: Iterable[Path], recursive: bool = True, output_dir: Path | None 
     paths = list(paths)
     found = discover(paths, recursive)
     report = ScanReport(warnings=found.warnings)
-    for item in found.checkpoints:
-        report.rows.append(scan_one(item, layout_for(item.path, paths, output_dir)))
+    layouts = [(item, layout_for(item.path, paths, output_dir)) for item in found.checkpoints]
+    # A damaged weights file of ours is reported on its source's row (stale), not as a
+    # broken checkpoint of its own.
+    ours = {layout.outputs(item.path).weights for item, layout in layouts if item.format is not None}
+    for item, layout in layouts:
+        if item.format is None and item.path in ours:
+            continue
+        report.rows.append(scan_one(item, layout))
     return report
 
 
@@ -88,7 +94,9 @@ def scan_one(item: FoundCheckpoint, layout: OutputLayout) -> ScanRow:
 
         row.sidecar = str(sidecar_path)
         try:
-            stale = source_is_stale(parse_sidecar(sidecar_path), item.path)
+            sidecar = parse_sidecar(sidecar_path)
+            stale = source_is_stale(sidecar, item.path) or \
+                weights_problem(sidecar, sidecar_path.parent)
             if stale:
                 row.status, row.reason, row.kind = "stale", stale, "stale"
             else:

@@ -73,6 +73,8 @@ MAX_SUMMARY_BYTES = 16 << 20
 MAX_CONFIG_BYTES = 4 << 20
 MAX_METADATA_BYTES = 4 << 20
 MAX_LOG_BYTES = 256 << 20
+#: ``wandb.log`` calls replayed from one transaction log (the log is capped at 256 MiB too)
+MAX_HISTORY_ROWS = 1_000_000
 #: Nested summary dicts are flattened this deep; deeper values are dropped.
 MAX_FLATTEN_DEPTH = 8
 KEPT_PRIVATE_KEYS = frozenset({"_step", "_runtime", "_timestamp"})
@@ -103,6 +105,9 @@ class WandbRun:
     host: str | None = None
     files_read: list[Path] = field(default_factory=list)
     log_truncated: bool = False
+    #: every ``wandb.log`` call replayed from the transaction log, in order: its numeric
+    #: values (flattened like the summary), with ``_step`` (W&B's own counter) when recorded
+    history: list[dict[str, float | int]] = field(default_factory=list)
 
 
 # --- finding runs ------------------------------------------------------------------------------
@@ -177,6 +182,7 @@ def read_wandb_run(folder: str | os.PathLike[str]) -> WandbRun:
         run.name, run.project, run.entity = replay.name, replay.project, replay.entity
         run.host = replay.host
         run.started_at = replay.started_at
+        run.history = replay.history
         if replay.run_id and replay.run_id != run.run_id:
             raise CorruptCheckpointError(
                 f"the transaction log is of run {replay.run_id[:40]!r}, not {run.run_id!r}",
@@ -295,6 +301,7 @@ class _Replay:
     started_at: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float | int]] = field(default_factory=list)
     truncated: bool = False
 
 
@@ -406,7 +413,10 @@ def _replay_log(path: Path) -> _Replay:
     try:
         for record in _log_records(data, path, replay):
             for fld in iter_fields(record):
-                if fld.number == 3:  # summary
+                if fld.number == 2:  # history: one wandb.log call
+                    if len(replay.history) < MAX_HISTORY_ROWS:
+                        replay.history.append(_history_row(fld.message()))
+                elif fld.number == 3:  # summary
                     _apply(replay.summary, fld.message(), "a summary value")
                 elif fld.number == 5:  # config
                     _apply(replay.config, fld.message(), "a config value")
@@ -418,6 +428,33 @@ def _replay_log(path: Path) -> _Replay:
         raise CorruptCheckpointError(f"bad W&B transaction log record: {exc.message}",
                                      path) from None
     return replay
+
+
+def _history_row(record: memoryview) -> dict[str, float | int]:
+    """A HistoryRecord (item 1: HistoryItem as in summaries; step 2: HistoryStep, num 1)
+    as flat numeric values; ``_step`` from the item or the record's step."""
+    row: dict[str, Any] = {}
+    step: int | None = None
+    for sub in iter_fields(record):
+        if sub.number == 1:
+            path, raw = _item_path(sub.message())
+            if not path or len(path) > MAX_FLATTEN_DEPTH or raw is None:
+                continue
+            node = row
+            for part in path[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[path[-1]] = loads_strict(raw, "a history value", allow_constants=True)
+        elif sub.number == 2:
+            for step_field in iter_fields(sub.message()):
+                if step_field.number == 1:
+                    step = step_field.int64()
+    flat = flatten_metrics(row)
+    if "_step" not in flat and step is not None:
+        flat["_step"] = step
+    return flat
 
 
 def _read_run_record(message: memoryview, replay: _Replay) -> None:

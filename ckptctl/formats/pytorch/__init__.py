@@ -7,12 +7,10 @@ Read with the restricted unpickler (no code from the file runs); weights become 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ... import __version__
 from ...errors import AmbiguousCheckpointError, CkptError, UnsupportedCheckpointError
 from ...metadata import Gathered
 from ...readers.tensor import LazyTensor, StorageRef
@@ -136,56 +134,60 @@ class OpenedTorch(base.OpenedSource):
             raise UnsupportedCheckpointError(
                 "no model state dict found (looked for " + ", ".join(STATE_DICT_KEYS)
                 + " or a bare name->tensor mapping); use --metadata-only for a sidecar alone")
-        return base.WeightsPlan(write=lambda tmp: self._write(state_dict, tmp))
+        from ..safetensors import torch_family_plan
 
-    def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path) -> base.WrittenWeights:
-        from ...layouts.ckptctl_tensors import (
-            LAYOUT,
-            LAYOUT_VERSION,
-            SLICED_FROM_BYTES,
-            TensorToWrite,
-            write_tensors,
-        )
+        return torch_family_plan(lambda tmp, fmt: self._write(state_dict, tmp, fmt), options)
 
-        checkpoint = self.checkpoint
-        checked: set[str] = set()
+    def _write(self, state_dict: Mapping[str, LazyTensor], tmp: Path,
+               weights_format: str) -> base.WrittenWeights:
+        from ..safetensors import write_tensor_items
 
-        def loader(tensor: LazyTensor) -> Callable[[], Any]:
-            def load() -> Any:
-                ref: StorageRef = tensor.storage
-                if ref.key not in checked:  # each storage's crc32 once, before its first use
-                    raw = checkpoint.storage_bytes(ref)
-                    checkpoint.check_storage(ref, raw)
-                    checked.add(ref.key)
-                    del raw
-                return tensor.read(checkpoint, checkpoint.big_endian)
+        return write_tensor_items(tmp, torch_items(self.checkpoint, state_dict), self.format,
+                                  self.state_key, weights_format)
 
-            return load
 
-        def rows_loader(tensor: LazyTensor) -> Callable[[int, int], Any] | None:
-            if not tensor.shape or not tensor.is_contiguous_view():
-                return None  # strided views are gathered whole by ``load``
+def torch_items(checkpoint: TorchFile, state_dict: Mapping[str, Any],
+                tie_scope: object = None) -> list[Any]:
+    """The tensors of ``state_dict`` (from ``checkpoint``) as ``TensorToWrite`` items, each
+    storage's crc32 checked before its first use. Tensors that are one view of one storage
+    are one tie (``tie_scope`` keeps the storages of different files apart)."""
+    from ...layouts.ckptctl_tensors import SLICED_FROM_BYTES, TensorToWrite
 
-            def load_rows(start: int, stop: int) -> Any:
-                ref: StorageRef = tensor.storage
-                if ref.key not in checked:
-                    checkpoint.check_storage_in_slices(ref, SLICED_FROM_BYTES)
-                    checked.add(ref.key)
-                return tensor.read_rows(checkpoint, start, stop, checkpoint.big_endian)
+    checked: set[str] = set()
 
-            return load_rows
+    def loader(tensor: LazyTensor) -> Callable[[], Any]:
+        def load() -> Any:
+            ref: StorageRef = tensor.storage
+            if ref.key not in checked:  # each storage's crc32 once, before its first use
+                raw = checkpoint.storage_bytes(ref)
+                checkpoint.check_storage(ref, raw)
+                checked.add(ref.key)
+                del raw
+            return tensor.read(checkpoint, checkpoint.big_endian)
 
-        dtypes: dict[str, int] = defaultdict(int)
-        items = []
-        for name, tensor in state_dict.items():
-            dtypes[tensor.dtype] += 1
-            items.append(TensorToWrite(str(name), tensor.dtype, tensor.shape, tensor.view_key,
-                                       loader(tensor), rows_loader(tensor)))
-        summary = write_tensors(tmp, items, {"source_format": self.format,
-                                             "writer": f"ckptctl {__version__}"})
-        return base.WrittenWeights(LAYOUT, LAYOUT_VERSION, summary.tensor_count,
-                              summary.parameter_count, dict(sorted(dtypes.items())),
-                              self.state_key, summary.checksums)
+        return load
+
+    def rows_loader(tensor: LazyTensor) -> Callable[[int, int], Any] | None:
+        if not tensor.shape or not tensor.is_contiguous_view():
+            return None  # strided views are gathered whole by ``load``
+
+        def load_rows(start: int, stop: int) -> Any:
+            ref: StorageRef = tensor.storage
+            if ref.key not in checked:
+                checkpoint.check_storage_in_slices(ref, SLICED_FROM_BYTES)
+                checked.add(ref.key)
+            return tensor.read_rows(checkpoint, start, stop, checkpoint.big_endian)
+
+        return load_rows
+
+    items = []
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, LazyTensor):
+            raise UnsupportedCheckpointError(f"state dict entry {str(name)[:120]!r} is not a tensor")
+        tie = tensor.view_key if tie_scope is None else (tie_scope, tensor.view_key)
+        items.append(TensorToWrite(str(name), tensor.dtype, tensor.shape, tie, loader(tensor),
+                                   rows_loader(tensor)))
+    return items
 
 
 TORCH_ZIP = TorchZip()

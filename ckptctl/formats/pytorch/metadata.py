@@ -357,6 +357,15 @@ def _non_empty(value: Any) -> bool:
 _STATE_KEY_FIELD = re.compile(r"""'(monitor|mode)': (['"])(.{0,512}?)\2(?=[,}])""")
 
 
+_STEP_BASED = re.compile(r"'every_n_train_steps': ([1-9][0-9]*)|'train_time_interval': (?!None)")
+
+
+def _saves_mid_epoch(state_key: str) -> bool:
+    """A ModelCheckpoint saving every N training steps or every time interval (its state
+    key spells its settings): its files may precede their epoch's validation."""
+    return _STEP_BASED.search(state_key[:4096]) is not None
+
+
 def _state_key_settings(state_key: str) -> dict[str, str]:
     return {m.group(1): m.group(3) for m in _STATE_KEY_FIELD.finditer(state_key[:4096])}
 
@@ -372,6 +381,8 @@ def _gather_callbacks(top: Mapping[str, Any], path: Path, g: Gathered, read_scal
         if not name.startswith("ModelCheckpoint") or state_map is None:
             continue
         settings = _state_key_settings(name)
+        if _saves_mid_epoch(name):
+            g.hints["saves_mid_epoch"] = True
         best_k = as_mapping(state_map.get("best_k_models")) or {}
         mine = any(_base_name(p) == path.name for p in best_k)
         found.append((settings, state_map, mine))
