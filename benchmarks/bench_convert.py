@@ -54,7 +54,11 @@ from _common import (
     verdict,
 )
 
-TARGET_RATIO = 0.5
+#: convert throughput / (`cp` + `sync FILE`) throughput: the disk is the limit (issue 11)
+TARGET_RATIO_CP_FSYNC = 0.75
+#: convert's peak RSS, memory-mapped pages included (issue 11)
+TARGET_RSS = 128 * MB
+TARGET_RATIO = 0.5  # the older target against a plain copy, reported for information
 TARGET_RSS_EXTRA = 300 * MB
 #: name -> (shape, dtype); the largest is 256 MiB, the total about 1.14 GB.
 TENSORS: dict[str, tuple[tuple[int, ...], str]] = {
@@ -132,13 +136,15 @@ def timed(label, *candidates):
     setattr(owner, attr, wrapper)
 
 C = "ckptctl.ops.convert"
-timed("plan: open checkpoint, gather metadata", f"{C}:make_plan", f"{C}:open_torch")
-timed("write weights total (crc32 + h5py)", "ckptctl.ops.plans:_write_torch_weights",
-      f"{C}:_write_weights")
-timed("  of which crc32 check of storages", "ckptctl.readers.torch_files.TorchFile:check_storage")
-timed("  of which h5py create_dataset", "h5py.Group:create_dataset")
-timed("sha256 (source on its thread; new weights beside read-back)", f"{C}:_hash_into")
-timed("read-back verification (crc32 per dataset)", f"{C}:verify_datasets")
+L = "ckptctl.layouts.ckptctl_tensors"
+timed("plan: open checkpoint, gather metadata", f"{C}:plan_conversion")
+timed("weights: write, verify, hash, fsync", f"{C}:_write_weights")
+timed("  of which write the HDF5 file (crc32 + h5py)", f"{L}:write_tensors")
+timed("    of which crc32 check of storages (in slices)",
+      "ckptctl.readers.torch_files.TorchFile:check_storage_in_slices")
+timed("    of which slices written (h5py write_direct)", "h5py.Dataset:write_direct")
+timed("  of which read-back verification (crc32 per dataset)", f"{L}:verify_datasets")
+timed("sha256 (source on its thread; new weights beside read-back)", f"{C}:sha256_files")
 timed("fsync (weights, sidecar, folders)", "os:fsync")
 timed("check an existing weights file is ckptctl's", f"{C}:_refuse_foreign_file")
 timed("fingerprint the source", f"{C}:fingerprint")
@@ -292,9 +298,11 @@ def summarize(series: dict[str, Series], size: int, weights_size: int, largest: 
         "ratio_convert_vs": ratios,
         "paired_ratio_convert_vs": paired,
         "ratio_target_met": {k: ratios[k] >= TARGET_RATIO for k in ("shutil", "cp")},
+        "cp_fsync_target_met": ratios["cp_fsync"] >= TARGET_RATIO_CP_FSYNC,
         "convert_max_rss_worst_mib": round(worst_rss / MB, 1),
         "rss_limit_mib": round(rss_limit / MB, 1),
         "rss_target_met": worst_rss <= rss_limit,
+        "rss_128_target_met": worst_rss <= TARGET_RSS,
         "phases_seconds": {k: round(v, 3) for k, v in breakdown.items()},
     }
 
@@ -326,11 +334,14 @@ def report(result: dict[str, Any]) -> str:
         "wall s, CPU s (user + system): medians; MB/s: source bytes / median wall time; "
         "convert / this: throughput ratio from the medians; paired: median of the per-round "
         "ratios (same round, same machine load).",
-        f"Target: convert throughput >= {TARGET_RATIO} x copy: {ratios['shutil']:.2f} x shutil "
-        f"({verdict(met['shutil'])}), {ratios['cp']:.2f} x cp ({verdict(met['cp'])}).",
-        f"Target: convert peak RSS <= 2 x largest tensor + 300 MiB = "
-        f"{result['rss_limit_mib']:.0f} MiB: worst run {rss:.0f} MiB, "
-        f"{verdict(result['rss_target_met'])}.",
+        f"Target: convert throughput >= {TARGET_RATIO_CP_FSYNC} x (`cp` + `sync FILE`): "
+        f"{ratios['cp_fsync']:.2f} x ({verdict(result['cp_fsync_target_met'])}).",
+        f"Target: convert peak RSS <= {TARGET_RSS // MB} MiB: worst run {rss:.0f} MiB, "
+        f"{verdict(result['rss_128_target_met'])}.",
+        f"Older targets, for information: convert throughput >= {TARGET_RATIO} x copy: "
+        f"{ratios['shutil']:.2f} x shutil ({verdict(met['shutil'])}), {ratios['cp']:.2f} x cp "
+        f"({verdict(met['cp'])}); peak RSS <= 2 x largest tensor + 300 MiB = "
+        f"{result['rss_limit_mib']:.0f} MiB ({verdict(result['rss_target_met'])}).",
         "Convert phases (3 extra runs in-process, reconversions over existing outputs, median "
         "wall seconds; the source hash runs on its own thread and overlaps the others; fsync "
         "includes the sidecar's and folders'):",

@@ -118,7 +118,8 @@ targets, _ = C.targets_for_outputs_dir(tree, True)
 report = C.convert(targets, C.ConvertOptions(force=True))
 n = len(report.items)
 print(json.dumps({"checkpoints": n, "missing": missing,
-                  "ms_per_checkpoint": {k: spent[k] / n * 1000 for k in spent}}))
+                  "ms_per_checkpoint": {label: spent[label] / n * 1000
+                                        for _, _, label in WRAP if label in spent}}))
 """
 
 

@@ -190,19 +190,18 @@ def hashed(args):
         return "sha256 of the new weights file"
     return "sha256 of the source (index + shards)"
 
-C, P, T = "ckptctl.ops.convert", "ckptctl.ops.plans", "ckptctl.readers.tf_index"
-timed("plan: open index, object graph, metadata (make_plan)", f"{C}:make_plan")
-timed("write weights (write_keras3_weights)", f"{P}:write_keras3_weights")
+C, K, T = "ckptctl.ops.convert", "ckptctl.layouts.keras3", "ckptctl.readers.tf_index"
+V = "ckptctl.layouts.ckptctl_tensors"
+timed("plan: open index, object graph, metadata (plan_conversion)", f"{C}:plan_conversion")
+timed("write weights (write_keras3_weights)", f"{K}:write_keras3_weights")
 timed("  of which read tensor bytes from the shard", f"{T}.TFIndexCheckpoint:_raw")
 timed("  of which crc32c check of those bytes", f"{T}:_crc")
 timed("  of which h5py create_dataset", "h5py.Group:create_dataset")
 timed("  of which zlib.crc32 of the values (write side and read-back)",
       "ckptctl.layouts.ckptctl_tensors:checksum")
-timed("read back + crc32, in the Keras writer (before fsync)", f"{P}:verify_datasets")
 timed("fsync (weights, sidecar, folders)", "os:fsync")
-timed("read back + crc32, in convert (after fsync, beside the weights hash)",
-      f"{C}:verify_datasets")
-timed("sha256", f"{C}:_hash_into", hashed)
+timed("read back + crc32 (verify_datasets)", f"{V}:verify_datasets")
+timed("sha256", f"{C}:sha256_files", hashed)
 timed("wait for a hash thread (join)", "threading.Thread:join")
 timed("check an existing weights file is ckptctl's", f"{C}:_refuse_foreign_file")
 timed("fingerprint the source", f"{C}:fingerprint")
@@ -210,11 +209,12 @@ timed("build sidecar", f"{C}:_build_sidecar")
 timed("os.replace (rename over, frees the previous outputs)", "os:replace")
 timed("write sidecar (atomic)", f"{C}:write_atomic")
 checks = {}
-original_verify = conv.verify_datasets
+import ckptctl.layouts.ckptctl_tensors as layout
+original_verify = layout.verify_datasets
 def count_checks(path, checksums):
     checks["datasets checked by convert's verify_datasets"] = len(checksums)
     return original_verify(path, checksums)
-conv.verify_datasets = count_checks
+layout.verify_datasets = count_checks
 targets, _ = conv.targets_for_checkpoint(Path(sys.argv[1]))
 t0 = time.perf_counter()
 report = conv.convert(targets, conv.ConvertOptions(force=True))

@@ -4,7 +4,6 @@ a hidden temporary sibling, fsync, rename, fsync of the folder."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from .walk import SIDECAR_SUFFIX, TEMP_MARKER, WEIGHTS_SUFFIX
@@ -18,7 +17,7 @@ def temp_path_for(path: Path) -> Path:
     name = path.name
     suffix = next((s for s in _KEPT_SUFFIXES if name.endswith(s)), "")
     stem = name[: len(name) - len(suffix)] if suffix else name
-    return path.with_name(f"{temp_prefix(stem)}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    return path.with_name(f"{temp_prefix(stem)}{os.getpid()}-{os.urandom(4).hex()}{suffix}")
 
 
 def temp_prefix(stem: str) -> str:

@@ -44,14 +44,16 @@ Why these numbers:
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BudgetExceededError, CorruptCheckpointError
+
+if TYPE_CHECKING:
+    import zipfile
 
 # --- unpickling ------------------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ def read_json_member(archive: zipfile.ZipFile, name: str) -> Any:
     if info.file_size > JSON_MEMBER_MAX:
         raise BudgetExceededError(f"{name} of {size_text(info.file_size)}",
                                   f"the {size_text(JSON_MEMBER_MAX)} limit for a JSON member")
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+    if info.compress_type != 0 and info.file_size > max(  # 0: zipfile.ZIP_STORED
             ZIP_INFLATE_FLOOR, ZIP_INFLATE_RATIO * info.compress_size):
         raise BudgetExceededError(
             f"{name}, inflating from {size_text(info.compress_size)} to "

@@ -6,7 +6,6 @@ describes the file (for ``.weights.h5`` the source *is* the weights file).
 
 from __future__ import annotations
 
-import zipfile
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -73,6 +72,8 @@ def _archive_metadata(path: Path, g: Gathered) -> None:
     """What ``metadata.json`` and ``config.json`` say. Both are budgeted
     (``budgets.read_json_member``): a member that inflates from 3 MB to 3 GiB, or nests
     ``[`` 100,000 deep, is refused in one line before it is expanded."""
+    import zipfile
+
     try:
         with open_regular(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
             names = set(archive.namelist())

@@ -9,7 +9,6 @@ import importlib
 import os
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,6 +184,8 @@ def _quiet_tensorflow_startup() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     try:
+        import tempfile
+
         with tempfile.TemporaryFile() as sink:
             os.dup2(sink.fileno(), 2)
             try:
@@ -238,6 +239,8 @@ def verify_with_keras_model(spec: str, weights: Path) -> None:
     """Build the user's Keras 3 model (``module:function``), load ``weights`` into it, and
     require the same variables at the same paths with the same shapes as Keras would save."""
     model = build_keras_model(spec)
+    import tempfile
+
     with tempfile.TemporaryDirectory() as scratch:
         expected_path = Path(scratch) / "expected.weights.h5"
         model.save_weights(str(expected_path))

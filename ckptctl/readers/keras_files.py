@@ -11,7 +11,6 @@ Kinds:
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -50,12 +49,14 @@ def h5_kind(path: Path) -> str | None:
 
 
 def keras_zip_kind(path: Path) -> str | None:
-    from .torch_files import ZIP_ERRORS
+    import zipfile
+
+    from .torch_files import zip_errors
 
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-    except ZIP_ERRORS:
+    except zip_errors():
         return "broken-keras"
     if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
         return "keras3-keras"

@@ -15,8 +15,6 @@ import mmap
 import os
 import pickletools
 import struct
-import tarfile
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,15 @@ MAX_PICKLE_INFLATION = 100
 WHOLE_FILE_MAP_BYTES = 64 << 20
 _MAGIC_OPCODES = frozenset({"PROTO", "FRAME", "LONG1", "LONG4", "LONG", "INT"})
 #: What ``zipfile`` raises on damaged archives (no single error type of its own).
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, KeyError,
+def zip_errors() -> tuple[type[BaseException], ...]:
+    """``ZIP_ERRORS``, importing ``zipfile`` only when an error is being matched (``scan``
+    of torch files reads their directory with ``zip_directory``, never ``zipfile``)."""
+    import zipfile
+
+    return (zipfile.BadZipFile, zipfile.LargeZipFile, *_OTHER_ZIP_ERRORS)
+
+
+_OTHER_ZIP_ERRORS = (ValueError, EOFError, KeyError,
               UnicodeDecodeError, NotImplementedError, RuntimeError, OverflowError,
               struct.error, zlib.error, OSError)
 
@@ -117,6 +123,8 @@ def tar_verdict(handle: BinaryIO, size: int) -> bool:
     """What ``torch.load`` decides before reading a non-zip file as a pickle stream: True
     when ``tarfile`` opens it (torch then reads it as its tar format, never as a stream)."""
     handle.seek(0)
+    import tarfile  # only for files that are not zip archives
+
     try:
         with tarfile.open(fileobj=BoundedReader(handle, size), mode="r:",  # type: ignore[call-overload]
                           format=tarfile.PAX_FORMAT):

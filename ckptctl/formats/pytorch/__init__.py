@@ -15,13 +15,13 @@ from ...errors import AmbiguousCheckpointError, CkptError, UnsupportedCheckpoint
 from ...metadata import Gathered
 from ...readers.tensor import LazyTensor, StorageRef
 from ...readers.torch_files import (
-    ZIP_ERRORS,
     TorchFile,
     looks_like_pickle,
     open_torch,
     sniff_torch,
     tar_verdict,
     torch_zip_prefix,
+    zip_errors,
     zip_member_names,
 )
 from ...safeio import open_regular
@@ -69,7 +69,9 @@ class TorchZip(_TorchFormat):
                 return base.FoundCheckpoint(probe.path, "torch-zip")
         except AmbiguousCheckpointError as exc:
             return base.FoundCheckpoint(probe.path, "torch-zip", exc.message, exc.kind)
-        except (CkptError, *ZIP_ERRORS):
+        except Exception as exc:
+            if not isinstance(exc, (CkptError, *zip_errors())):
+                raise
             return (base.FoundCheckpoint(probe.path, "torch-zip", "damaged zip archive (truncated?)")
                     if promised else None)
         if promised:
