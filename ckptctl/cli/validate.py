@@ -80,7 +80,8 @@ def command(paths: tuple[Path, ...], strict: bool, deep: bool, fmt: str, no_recu
                                                    summary_is_error=failed and report.ok))
     else:
         if report.problems:
-            console.table(["PATH", "PROBLEM"], [[p.path, p.problem] for p in report.problems])
+            console.table(["PATH", "PROBLEM"], [[p.path, p.problem] for p in report.problems],
+                          root=paths[0] if len(paths) == 1 else None)
         if os.environ.get("GITHUB_ACTIONS") == "true" and not explicit_format:
             from .. import reports
 
