@@ -124,3 +124,23 @@ def test_clean_removes_safetensors_outputs_but_never_sources(tmp_path: Path) -> 
     assert run_cli("convert", "--weights-format", "safetensors", tmp_path).exit_code == 0
     assert run_cli("clean", "--yes", tmp_path).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "source.safetensors"]
+
+
+def test_switching_formats_never_removes_a_file_of_another_checkpoint(tmp_path: Path) -> None:
+    """Stops: a hand-edited sidecar naming another checkpoint's weights (or a source) as its
+    own making a format switch delete that file: only this checkpoint's own
+    ``<stem>.weights.h5``/``<stem>.safetensors`` may go."""
+    import yaml
+
+    for name in ("a", "b"):
+        torch.save({"w": torch.ones(2)}, tmp_path / f"{name}.pt")
+    assert run_cli("convert", tmp_path).exit_code == 0
+    sidecar = tmp_path / "a.metadata.yaml"
+    doc = yaml.safe_load(sidecar.read_text())
+    for victim in ("b.weights.h5", "b.pt"):
+        doc["weights_path"] = victim
+        sidecar.write_text(yaml.safe_dump(doc))
+        before = (tmp_path / victim).read_bytes()
+        assert run_cli("convert", "--weights-format", "safetensors", tmp_path / "a.pt").exit_code == 0
+        assert (tmp_path / victim).read_bytes() == before, victim
+        assert run_cli("convert", tmp_path / "a.pt").exit_code == 0

@@ -610,7 +610,7 @@ def _write_outputs(target: Target, outputs: CheckpointOutputs, options: ConvertO
             sidecar = _build_sidecar(target, opened.format, opened.files, gathered, before,
                                      source_sha256, outputs.sidecar, weights)
             sidecar_bytes = sidecar_yaml(sidecar)  # before any rename: a failure leaves nothing
-            replaced = _previous_weights(outputs.sidecar, plan.native or weights_path)
+            replaced = _previous_weights(outputs, plan.native or weights_path)
             if plan.write is not None:
                 _refuse_foreign_file(weights_path, outputs.sidecar)
                 # Retire the old sidecar first: it vouches for the old weights, and a kill
@@ -670,10 +670,12 @@ def _write_weights(plan: WeightsPlan, weights_path: Path, tmp: Path, pool: Execu
     return _Weights(weights_path, written, tmp.stat().st_size, sha256)
 
 
-def _previous_weights(sidecar_path: Path, new_weights: Path) -> Path | None:
-    """The weights file the existing sidecar names when it is not ``new_weights`` (the other
-    ``--weights-format``) and ckptctl's mark says it wrote it: removed once the new sidecar
-    is in place, so a tree never keeps weights no sidecar names."""
+def _previous_weights(outputs: CheckpointOutputs, new_weights: Path) -> Path | None:
+    """The weights file the existing sidecar names when it is this checkpoint's file of the
+    other ``--weights-format`` (``<stem>.weights.h5`` or ``<stem>.safetensors``, nothing
+    else a sidecar could name) and ckptctl's mark says it wrote it: removed once the new
+    sidecar is in place, so a tree never keeps weights no sidecar names."""
+    sidecar_path = outputs.sidecar
     if not sidecar_path.exists():
         return None
     try:
@@ -683,7 +685,8 @@ def _previous_weights(sidecar_path: Path, new_weights: Path) -> Path | None:
     if old.weights_path is None or old.weights is None:
         return None
     previous = sidecar_path.parent / old.weights_path
-    if previous == new_weights or previous.parent != sidecar_path.parent \
+    ours_by_name = (outputs.weights, outputs.weights_with(".safetensors"))
+    if previous == new_weights or previous not in ours_by_name \
             or not previous.is_file() or previous.is_symlink():
         return None
     if previous.name.endswith(".safetensors"):
