@@ -26,7 +26,7 @@ from typing import Literal
 
 from ..atomic import CheckpointLock, LockBusy
 from ..errors import CkptError, NewerSidecarError
-from ..walk import LOCK_SUFFIX, SIDECAR_SUFFIX, TEMP_MARKER, iter_files
+from ..walk import LOCK_SUFFIX, SIDECAR_SUFFIX, TEMP_MARKER, WEIGHTS_SUFFIX, iter_files
 
 What = Literal["weights", "sidecar", "temporary", "lock"]
 CleanStatus = Literal["would remove", "removed", "kept", "failed"]
@@ -116,6 +116,10 @@ def _weights_named(sidecar_path: Path) -> tuple[Path | None, tuple[Path, str] | 
                *(os.path.normpath(f) for f in sidecar.source.files or [])}
     if os.path.normpath(named) in sources:
         return None, None  # the source itself (a Keras 3 native file): never removed
+    stem = sidecar_path.name[: -len(SIDECAR_SUFFIX)]
+    if os.path.normpath(named) not in (f"{stem}{WEIGHTS_SUFFIX}", f"{stem}.safetensors"):
+        # convert only ever writes <stem>.weights.h5 or <stem>.safetensors next to the sidecar
+        return None, (weights, "not this checkpoint's output name: left in place")
     if _regular_size(weights) is None:
         return None, (weights, "not a regular file") if os.path.lexists(weights) else None
     if not _written_by_ckptctl(weights):

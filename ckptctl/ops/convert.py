@@ -344,6 +344,8 @@ def _convert_locked(target: Target, options: ConvertOptions, outputs: Checkpoint
                                 not options.dry_run, options.weights_format)
             if judged.state != "stale":
                 assert judged.sidecar is not None
+                if not options.dry_run:
+                    _remove_unnamed_other_format(outputs, judged.sidecar)
                 why = _metadata_outdated(judged.sidecar, outputs.sidecar, target)
                 if why is not None:
                     if options.dry_run:
@@ -670,6 +672,29 @@ def _write_weights(plan: WeightsPlan, weights_path: Path, tmp: Path, pool: Execu
     return _Weights(weights_path, written, tmp.stat().st_size, sha256)
 
 
+def _remove_unnamed_other_format(outputs: CheckpointOutputs, sidecar: Sidecar) -> None:
+    """A format switch killed between the new sidecar's rename and the old file's removal
+    leaves this checkpoint's other weights file (``<stem>.weights.h5`` or
+    ``<stem>.safetensors``) named by no sidecar: the next run removes it when ckptctl's mark
+    says it wrote it (called with the lock held)."""
+    named = outputs.sidecar.parent / sidecar.weights_path if sidecar.weights_path else None
+    for candidate in (outputs.weights, outputs.weights_with(".safetensors")):
+        if candidate == named or candidate.is_symlink() or not candidate.is_file():
+            continue
+        if candidate.name.endswith(".safetensors"):
+            ours = is_ours_safetensors(candidate)
+        else:
+            from ..readers.h5safe import H5_ERRORS, open_h5
+
+            try:
+                with open_h5(candidate) as f:
+                    ours = is_ours_h5(f.attrs)
+            except H5_ERRORS:
+                ours = False
+        if ours:
+            candidate.unlink(missing_ok=True)
+
+
 def _previous_weights(outputs: CheckpointOutputs, new_weights: Path) -> Path | None:
     """The weights file the existing sidecar names when it is this checkpoint's file of the
     other ``--weights-format`` (``<stem>.weights.h5`` or ``<stem>.safetensors``, nothing
@@ -707,8 +732,11 @@ def _refuse_foreign_file(weights_path: Path, sidecar_path: Path | None = None) -
     if not weights_path.exists():
         return
     if weights_path.name.endswith(".safetensors"):
+        # As for HDF5: the sidecar's word counts only for a file no longer readable (ours,
+        # damaged); a readable safetensors file without ckptctl's mark is someone's model.
         ours = is_ours_safetensors(weights_path) or (
-            sidecar_path is not None and _sidecar_wrote(sidecar_path, weights_path))
+            not _readable_safetensors(weights_path)
+            and sidecar_path is not None and _sidecar_wrote(sidecar_path, weights_path))
         if not ours:
             raise OutputConflictError(f"{weights_path.name} exists and was not written by "
                                       "ckptctl; not overwritten (move it or convert elsewhere)")
@@ -736,6 +764,16 @@ def is_ours_safetensors(path: Path) -> bool:
         return False
 
 
+def _readable_safetensors(path: Path) -> bool:
+    from ..readers.safetensors_file import read_header
+
+    try:
+        read_header(path)
+    except CkptError:
+        return False
+    return True
+
+
 def _is_safetensors_layout(layout: str) -> bool:
     return layout in ("ckptctl-safetensors", "safetensors")
 
@@ -754,13 +792,19 @@ def is_ours_h5(attrs: object) -> bool:
 
 
 def _sidecar_wrote(sidecar_path: Path, weights_path: Path) -> bool:
-    """Whether the sidecar names ``weights_path`` as weights convert wrote."""
+    """Whether the sidecar names ``weights_path`` as weights convert wrote: never when they
+    are its own source (a Keras 3 or safetensors source described as its own weights)."""
     try:
         sidecar = parse_sidecar(sidecar_path)
     except CkptError:
         return False
-    return (sidecar.weights_path is not None and sidecar.weights is not None
-            and sidecar_path.parent / sidecar.weights_path == weights_path
+    if sidecar.weights_path is None or sidecar.weights is None:
+        return False
+    named = os.path.normpath(sidecar.weights_path)
+    sources = {os.path.normpath(sidecar.checkpoint_path),
+               *(os.path.normpath(f) for f in sidecar.source.files or [])}
+    return (named not in sources and sidecar.weights.layout not in ("safetensors",)
+            and sidecar_path.parent / named == weights_path
             and is_known_format(sidecar.source.format)
             and format_for(sidecar.source.format).writes_weights)
 
