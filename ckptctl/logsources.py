@@ -84,33 +84,29 @@ def _offer(g: Gathered, values: dict[str, float], source: str) -> None:
         g.offer_metric(same or name, value, source, tolerance=1e-6)
 
 
-def _values_for(rows: list[tuple[int | None, dict[str, float]]], epoch: Any, step: Any,
-                epoch_key: str = "epoch", *, saves_mid_epoch: bool = False,
-                steps_are_training_steps: bool = True) -> tuple[dict[str, float], str] | None:
-    """The values logged for the checkpoint of ``epoch``/``step`` (rules in the module doc),
-    and how they were matched; None when nothing matches or nothing can be matched.
-    ``rows`` are (training step the row was logged at, or None when unknown; its values)."""
+def _values_for(rows: list[tuple[int | None, dict[str, float]]], epoch: Any, step: Any, *,
+                saves_mid_epoch: bool = False,
+                steps_are_training_steps: bool = True) -> dict[str, float] | None:
+    """The values logged for the checkpoint of ``epoch``/``step`` (rules in the module doc);
+    None when nothing matches or nothing can be matched. ``rows`` are (the training step
+    the row was logged at, or None when unknown; its values)."""
+    from .metadata import epoch_values
+
     if not isinstance(step, int) or isinstance(step, bool):
         step = None
     if saves_mid_epoch:
         return None  # the file may precede values logged at its own step: none are taken
-    has_epoch = any(epoch_key in row for _, row in rows)
-    if has_epoch and isinstance(epoch, int):
-        if step is not None and all(at is None for at, _ in rows):
-            return None  # which rows came before the checkpoint cannot be told
-        merged: dict[str, float] = {}
-        for at, row in rows:
-            # a checkpoint of step N was saved after the values logged at steps < N; a
-            # mid-epoch checkpoint must not get the epoch's later validation values
-            if row.get(epoch_key) == epoch and (step is None or (at is not None and at < step)):
-                merged.update(row)
-        return (merged, "epoch") if merged else None
+    if isinstance(epoch, int) and any("epoch" in row for _, row in rows):
+        # the CSV rule, but a row without a step cannot be placed before the checkpoint
+        merged = epoch_values([(at, row) for at, row in rows if row.get("epoch") == epoch],
+                              step, keep_unknown_steps=False)
+        return merged or None
     if step is not None and steps_are_training_steps:
         merged = {}
         for at, row in rows:
             if at == step:
                 merged.update(row)
-        return (merged, "step") if merged else None
+        return merged or None
     return None
 
 
@@ -135,11 +131,11 @@ def reset() -> None:
 
 def _event_dirs(exp_root: Path) -> list[Path]:
     if exp_root not in _CACHE.event_dirs:
-        from .metadata import walk_limited
+        from .metadata import experiment_files
         from .readers.tfevents import is_event_file_name
 
         dirs: dict[Path, None] = {}
-        for path in walk_limited(exp_root, 6):
+        for path, _ in experiment_files(exp_root):
             if is_event_file_name(path.name) and len(dirs) < _MAX_EVENT_FOLDERS:
                 dirs[path.parent] = None
         _CACHE.event_dirs[exp_root] = sorted(dirs)
@@ -207,7 +203,7 @@ def gather_from_tensorboard(path: Path, exp_root: Path, g: Gathered) -> None:
                             steps_are_training_steps=any(t in log.points for t in _TB_STEP_TAGS))
         if found is None:
             continue
-        values, _how = found
+        values = found
         if len(folders) > 1:  # Keras' train/ and validation/ log the same tag names
             name = folder.name
             values = {k if k in _NOT_METRICS else f"{name}/{k}": v for k, v in values.items()}
@@ -271,7 +267,7 @@ def gather_from_wandb(path: Path, exp_root: Path, g: Gathered) -> None:
     found = _values_for(rows, epoch, step, saves_mid_epoch=bool(g.hints.get("saves_mid_epoch"))
                         ) if rows else None
     if found is not None:
-        _offer(g, found[0], source)
+        _offer(g, found, source)
     elif rows:
         g.notes.append(f"{source}: no logged values of this checkpoint's epoch or step")
     elif run.summary:

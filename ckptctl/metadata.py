@@ -132,7 +132,10 @@ def find_upwards(start: Path, stop: Path, relative: str) -> Path | None:
         current = current.parent
 
 
-def _walk_limited(root: Path, max_depth: int, max_entries: int = 20000) -> Iterator[Path]:
+def _walk_with_depth(root: Path, max_depth: int, max_entries: int = 20000
+                     ) -> Iterator[tuple[Path, int]]:
+    """Files (and links) below ``root`` with the depth of their folder; symlinked folders
+    are not entered; at most ``max_entries`` entries are looked at."""
     seen = 0
     stack = [(root, 0)]
     while stack:
@@ -149,10 +152,11 @@ def _walk_limited(root: Path, max_depth: int, max_entries: int = 20000) -> Itera
                 if depth < max_depth:
                     stack.append((Path(entry.path), depth + 1))
             else:
-                yield Path(entry.path)
+                yield Path(entry.path), depth
 
 
-walk_limited = _walk_limited
+#: how deep one convert run looks into an experiment folder for logs and configs
+EXPERIMENT_WALK_DEPTH = 6
 
 
 def _nearest(path: Path, candidates: list[Path]) -> Path | None:
@@ -168,14 +172,19 @@ class _RunCache:
     file that changes mid-run is read again; ``start_run`` empties it."""
 
     def __init__(self) -> None:
-        self.walks: dict[Path, list[Path]] = {}
+        self.walks: dict[Path, list[tuple[Path, int]]] = {}
         self.metrics: dict[tuple[Path, int, int], MetricRows | str] = {}
 
-    def logger_files(self, exp_root: Path) -> list[Path]:
+    def experiment_files(self, exp_root: Path) -> list[tuple[Path, int]]:
+        """Every file of an experiment folder with its folder's depth, walked once per run
+        for all who ask (logger files, TensorBoard folders, convert's newest-metadata check)."""
         if exp_root not in self.walks:
-            self.walks[exp_root] = [p for p in _walk_limited(exp_root, 5)
-                                    if p.name in ("metrics.csv", "hparams.yaml")]
+            self.walks[exp_root] = list(_walk_with_depth(exp_root, EXPERIMENT_WALK_DEPTH))
         return self.walks[exp_root]
+
+    def logger_files(self, exp_root: Path) -> list[Path]:
+        return [p for p, depth in self.experiment_files(exp_root)
+                if depth <= 5 and p.name in ("metrics.csv", "hparams.yaml")]
 
     def metrics_by_epoch(self, path: Path) -> MetricRows | str:
         """Each epoch's rows (step, values), in file order, or why the file was skipped."""
@@ -190,6 +199,11 @@ class _RunCache:
 
 
 _RUN = _RunCache()
+
+
+def experiment_files(exp_root: Path) -> list[tuple[Path, int]]:
+    """``_RunCache.experiment_files`` of the current run."""
+    return _RUN.experiment_files(exp_root)
 
 
 def start_run() -> None:
@@ -241,7 +255,7 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
         if isinstance(metrics, str):
             g.notes.append(f"{metrics_csv}: {metrics}")
         else:
-            for column, value in _epoch_values(metrics.get(epoch, []),
+            for column, value in epoch_values(metrics.get(epoch, []),
                                                g.get("training.global_step")).items():
                 g.offer_metric(column, value, source)
     hparams = _nearest(path, [p for p in files if p.name == "hparams.yaml"])
@@ -253,18 +267,20 @@ def gather_from_logs(path: Path, exp_root: Path, g: Gathered) -> None:
             g.offer("model.architecture", architecture(data), source)
 
 
-def _epoch_values(rows: list[tuple[int | None, dict[str, float]]], global_step: Any
-                  ) -> dict[str, float]:
+def epoch_values(rows: list[tuple[int | None, dict[str, float]]], global_step: Any, *,
+                 keep_unknown_steps: bool = True) -> dict[str, float]:
     """The checkpoint's epoch's values, later rows winning; with its global step N known, only
     rows logged at steps before N (Lightning logs an epoch's validation at the step before
     the end-of-epoch checkpoint's: a checkpoint saved mid-epoch must not get the validation
-    values logged after it). Rows without a step (a CSV of another tool) are kept. (A
+    values logged after it). Rows without a step (a CSV of another tool) are kept unless
+    ``keep_unknown_steps`` is False (TensorBoard and W&B rows: ``logsources``). (A
     step-based ModelCheckpoint's files get no logged values at all: ``gather_from_logs``.)"""
     bound = global_step if isinstance(global_step, int) and not isinstance(global_step, bool) \
         else None
     merged: dict[str, float] = {}
     for step, values in rows:
-        if bound is None or step is None or step < bound:
+        if bound is None or (step is None and keep_unknown_steps) or \
+                (step is not None and step < bound):
             merged.update(values)
     return merged
 

@@ -130,3 +130,27 @@ def weights_problem(sidecar: Sidecar, folder: Path) -> str | None:
     if sidecar.weights is not None and info.st_size != sidecar.weights.size_bytes:
         return "weights size differs from the sidecar"
     return None
+
+
+def ckptctl_mark(path: Path) -> bool | None:
+    """Whether ckptctl wrote the weights file ``path``, by the mark it leaves: the HDF5 root
+    attributes of a ``.weights.h5``, the ``__metadata__`` of a ``.safetensors`` (nothing
+    else of the file is read). None when the file does not read as its format at all (a
+    damaged output of ours, or not one): convert, clean and discovery all ask this."""
+    if path.name.endswith(".safetensors"):
+        from .errors import CkptError
+        from .layouts.safetensors_out import is_ckptctl_safetensors
+        from .readers.safetensors_file import read_header
+
+        try:
+            return is_ckptctl_safetensors(read_header(path).metadata)
+        except CkptError:
+            return None
+    from .readers.h5safe import H5_ERRORS, open_h5
+    from .readers.keras_files import is_ckptctl_h5
+
+    try:
+        with open_h5(path) as f:  # root attributes only: nothing is resolved
+            return is_ckptctl_h5(f.attrs)
+    except H5_ERRORS:
+        return None

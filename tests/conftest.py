@@ -153,6 +153,30 @@ def tf_tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return _build_once(tmp_path_factory, "tf_tree", _build_tf_tree)
 
 
+def _build_hf_tree(root: Path) -> dict[str, Any]:
+    """``examples/build_hf_tree.py`` in a subprocess: transformers, Lightning and wandb (and
+    their global state: loggers, seeds, wandb's service process) stay out of the tests."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONHASHSEED"] = "0"
+    builder = REPO / "examples" / "build_hf_tree.py"
+    done = subprocess.run([sys.executable, str(builder), str(root)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{builder.name} failed ({done.returncode}):\n"
+                           f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
+    manifest: dict[str, Any] = json.loads((root / "MANIFEST.json").read_text())
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def hf_tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The Hugging Face / TensorBoard / W&B example tree ``(root, manifest)`` (issue 13);
+    shared, do not write to it. ``examples/build_hf_tree.py`` documents every manifest key."""
+    return _build_once(tmp_path_factory, "hf_tree", _build_hf_tree)
+
+
 @pytest.fixture
 def fresh_tf_tree(tf_tree: Built, tmp_path: Path) -> Built:
     """A private copy ``(root, manifest)`` of the TF tree (mtimes kept) to write into.

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hf_fixtures import hf_tree  # noqa: F401
 
 # Every test here uses the tree built by transformers/Lightning/wandb (~20 s, once per session).
 pytestmark = pytest.mark.slow
@@ -69,7 +68,7 @@ def _pickle_globals(data: bytes) -> set[str]:
 # --------------------------------------------------------------------------- whole tree
 
 
-def test_every_file_is_in_the_manifest_with_its_digest(hf_tree: Built) -> None:  # noqa: F811
+def test_every_file_is_in_the_manifest_with_its_digest(hf_tree: Built) -> None:
     root, manifest = hf_tree
     on_disk = {p.relative_to(root).as_posix(): p for p in root.rglob("*")
                if p.is_file() and not p.is_symlink() and p.name != "MANIFEST.json"}
@@ -85,7 +84,7 @@ def test_every_file_is_in_the_manifest_with_its_digest(hf_tree: Built) -> None: 
 # --------------------------------------------------------------------------- HF Trainer
 
 
-def test_trainer_keeps_exactly_best_and_last_checkpoints(hf_tree: Built) -> None:  # noqa: F811
+def test_trainer_keeps_exactly_best_and_last_checkpoints(hf_tree: Built) -> None:
     root, manifest = hf_tree
     tr = manifest["hf_trainer"]
     run = root / tr["run_dir"]
@@ -109,7 +108,7 @@ def test_trainer_keeps_exactly_best_and_last_checkpoints(hf_tree: Built) -> None
     assert best == f"{tr['run_dir']}/checkpoint-{best_eval['step']}"
 
 
-def test_trainer_checkpoint_folders_match_trainer_state(hf_tree: Built) -> None:  # noqa: F811
+def test_trainer_checkpoint_folders_match_trainer_state(hf_tree: Built) -> None:
     root, manifest = hf_tree
     tr = manifest["hf_trainer"]
     for rel, entry in tr["checkpoints"].items():
@@ -137,7 +136,7 @@ def test_trainer_checkpoint_folders_match_trainer_state(hf_tree: Built) -> None:
             range(2, step + 1, 2))
 
 
-def test_trainer_weights_are_the_model_at_each_save(hf_tree: Built) -> None:  # noqa: F811
+def test_trainer_weights_are_the_model_at_each_save(hf_tree: Built) -> None:
     from safetensors.torch import load_file
 
     root, manifest = hf_tree
@@ -155,7 +154,7 @@ def test_trainer_weights_are_the_model_at_each_save(hf_tree: Built) -> None:  # 
     assert tr["final"]["results"]["eval_results.json"]["eval_loss"] == best["best_metric"]
 
 
-def test_training_args_bin_is_a_pickled_training_arguments(hf_tree: Built) -> None:  # noqa: F811
+def test_training_args_bin_is_a_pickled_training_arguments(hf_tree: Built) -> None:
     root, manifest = hf_tree
     tr = manifest["hf_trainer"]
     for rel in [*tr["checkpoints"], tr["run_dir"]]:
@@ -165,7 +164,7 @@ def test_training_args_bin_is_a_pickled_training_arguments(hf_tree: Built) -> No
         assert "transformers.training_args.TrainingArguments" in names, names
 
 
-def test_trainer_tensorboard_scalars(hf_tree: Built) -> None:  # noqa: F811
+def test_trainer_tensorboard_scalars(hf_tree: Built) -> None:
     root, manifest = hf_tree
     tr = manifest["hf_trainer"]
     logdir = root / tr["tensorboard"]["logdir"]
@@ -193,7 +192,7 @@ def test_trainer_tensorboard_scalars(hf_tree: Built) -> None:  # noqa: F811
 # --------------------------------------------------------------------------- save_pretrained
 
 
-def test_pretrained_files_store_the_model_weights(hf_tree: Built) -> None:  # noqa: F811
+def test_pretrained_files_store_the_model_weights(hf_tree: Built) -> None:
     import torch
     from safetensors.torch import load_file
 
@@ -232,7 +231,7 @@ def test_pretrained_files_store_the_model_weights(hf_tree: Built) -> None:  # no
 
 
 def test_tied_weights_are_stored_once_in_safetensors_and_shared_in_bin(
-        hf_tree: Built) -> None:  # noqa: F811
+        hf_tree: Built) -> None:
     import torch
 
     root, manifest = hf_tree
@@ -257,7 +256,7 @@ def test_tied_weights_are_stored_once_in_safetensors_and_shared_in_bin(
 # --------------------------------------------------------------------------- Lightning + TB
 
 
-def test_lightning_tb_checkpoints_and_scalars(hf_tree: Built) -> None:  # noqa: F811
+def test_lightning_tb_checkpoints_and_scalars(hf_tree: Built) -> None:
     import torch
 
     root, manifest = hf_tree
@@ -298,7 +297,7 @@ def test_lightning_tb_checkpoints_and_scalars(hf_tree: Built) -> None:  # noqa: 
 # --------------------------------------------------------------------------- Lightning + W&B
 
 
-def test_wandb_offline_run_folder(hf_tree: Built) -> None:  # noqa: F811
+def test_wandb_offline_run_folder(hf_tree: Built) -> None:
     import torch
 
     root, manifest = hf_tree
@@ -347,7 +346,7 @@ def _strings(value: Any, key: str = "") -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def test_manifest_paths_are_relative_to_root(hf_tree: Built) -> None:  # noqa: F811
+def test_manifest_paths_are_relative_to_root(hf_tree: Built) -> None:
     root, manifest = hf_tree
     strings = _strings(manifest)
     assert not [s for s in strings if str(root) in s]

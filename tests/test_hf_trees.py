@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from helpers import outputs_for, run_cli, sidecar_of
-from hf_fixtures import hf_tree  # noqa: F401 - the session fixture
 
 import ckptctl
 
@@ -25,7 +24,7 @@ Built = tuple[Path, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def converted(hf_tree: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:  # noqa: F811
+def converted(hf_tree: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:
     source, manifest = hf_tree
     root = tmp_path_factory.mktemp("hf_converted") / "outputs"
     shutil.copytree(source, root, symlinks=True)

@@ -177,6 +177,9 @@ class SourceFormat(ABC):
     promised_suffixes: ClassVar[tuple[str, ...]] = ()
     #: False for formats Keras 3 already loads: described by a sidecar, never rewritten
     writes_weights: ClassVar[bool] = True
+    #: PyTorch state dicts, which ``--weights-format safetensors`` applies to (Keras
+    #: sources keep their Keras-3-loadable ``.weights.h5``)
+    pytorch_family: ClassVar[bool] = False
 
     @abstractmethod
     def sniff(self, probe: Probe) -> Sniffed:

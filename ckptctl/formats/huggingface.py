@@ -258,6 +258,7 @@ class ShardedWeights:
 
 class HFSharded(base.SourceFormat):
     ids = ("safetensors-sharded", "torch-sharded")
+    pytorch_family: ClassVar[bool] = True
     promised_suffixes: ClassVar[tuple[str, ...]] = (SAFETENSORS_INDEX_SUFFIX, BIN_INDEX_SUFFIX)
 
     def sniff(self, probe: base.Probe) -> base.Sniffed:
@@ -354,6 +355,7 @@ def _is_ours(name: str) -> bool:
 
 class HFTrainer(base.SourceFormat):
     ids = ("hf-trainer",)
+    pytorch_family: ClassVar[bool] = True
 
     def sniff(self, probe: base.Probe) -> base.Sniffed:
         folder = probe.path.parent

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import __version__
-from ..errors import CkptError, CorruptCheckpointError, UnsupportedCheckpointError
+from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..metadata import Gathered
+from ..outputs import ckptctl_mark
 from ..readers.safetensors_file import (
     MAGIC_LENGTH,
     MAX_HEADER_BYTES,
@@ -161,22 +162,14 @@ def offer_header_metadata(header: SafetensorsHeader, g: Gathered, source: str) -
     g.offer("contents.model_weights", True, source)
 
 
-def _written_by_ckptctl(path: Path) -> bool:
-    from ..layouts.safetensors_out import is_ckptctl_safetensors
-
-    try:
-        return is_ckptctl_safetensors(read_header(path).metadata)
-    except CkptError:
-        return False
-
-
 class Safetensors(base.SourceFormat):
     ids = ("safetensors",)
     promised_suffixes: ClassVar[tuple[str, ...]] = (SAFETENSORS_SUFFIX,)
+    pytorch_family: ClassVar[bool] = True
 
     def sniff(self, probe: base.Probe) -> base.Sniffed:
         if looks_like_safetensors(probe):
-            if _written_by_ckptctl(probe.path):
+            if ckptctl_mark(probe.path):
                 return base.NOT_A_SOURCE  # convert --weights-format safetensors wrote it
             return base.FoundCheckpoint(probe.path, "safetensors")
         if probe.name.endswith(SAFETENSORS_SUFFIX) and probe.unreadable() is None and probe.head():

@@ -34,6 +34,7 @@ from ..errors import (
     UnsupportedCheckpointError,
     VerificationError,
 )
+from ..readers.safetensors_file import TORCH_DTYPE_NAMES
 from .ckptctl_tensors import SLICED_FROM_BYTES, TensorToWrite, WriteSummary
 
 if TYPE_CHECKING:
@@ -41,14 +42,8 @@ if TYPE_CHECKING:
 
 LAYOUT = "ckptctl-safetensors"
 LAYOUT_VERSION = "1.0"
-#: ckptctl's dtype names -> safetensors' (the reverse of ``readers.safetensors_file``)
-SAFETENSORS_DTYPES: dict[str, str] = {
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fn": "F8_E4M3", "float8_e4m3fnuz": "F8_E4M3FNUZ",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ", "int16": "I16", "uint16": "U16", "float16": "F16",
-    "bfloat16": "BF16", "int32": "I32", "uint32": "U32", "float32": "F32",
-    "complex64": "C64", "float64": "F64", "int64": "I64", "uint64": "U64",
-}
+#: ckptctl's dtype names -> safetensors' (the reverse of the reader's table)
+SAFETENSORS_DTYPES: dict[str, str] = {name: code for code, name in TORCH_DTYPE_NAMES.items()}
 _RESERVED = frozenset({"format"})
 _KEY_PREFIX = "ckptctl."
 

@@ -26,6 +26,7 @@ from typing import Literal
 
 from ..atomic import CheckpointLock, LockBusy
 from ..errors import CkptError, NewerSidecarError
+from ..outputs import ckptctl_mark
 from ..walk import LOCK_SUFFIX, SIDECAR_SUFFIX, TEMP_MARKER, WEIGHTS_SUFFIX, iter_files
 
 What = Literal["weights", "sidecar", "temporary", "lock"]
@@ -122,26 +123,10 @@ def _weights_named(sidecar_path: Path) -> tuple[Path | None, tuple[Path, str] | 
         return None, (weights, "not this checkpoint's output name: left in place")
     if _regular_size(weights) is None:
         return None, (weights, "not a regular file") if os.path.lexists(weights) else None
-    if not _written_by_ckptctl(weights):
+    if not ckptctl_mark(weights):
         return None, (weights, "not recognisably ckptctl's (a source, or damaged): left in place")
     return weights, None
 
-
-def _written_by_ckptctl(path: Path) -> bool:
-    """The check ``convert`` makes before replacing a weights file: ckptctl's mark in the
-    HDF5 root attributes, or in a safetensors header's metadata (nothing else is read)."""
-    if path.name.endswith(".safetensors"):
-        from .convert import is_ours_safetensors
-
-        return is_ours_safetensors(path)
-    from ..readers.h5safe import H5_ERRORS, open_h5
-    from ..readers.keras_files import is_ckptctl_h5
-
-    try:
-        with open_h5(path) as f:
-            return is_ckptctl_h5(f.attrs)
-    except H5_ERRORS:
-        return False
 
 
 def _plan(group: _Group, report: CleanReport) -> list[tuple[Path, What]]:

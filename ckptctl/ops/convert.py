@@ -59,7 +59,7 @@ from ..formats import (
 )
 from ..metadata import Gathered, gather_common, start_run
 from ..migrations import SCHEMA_VERSION
-from ..outputs import CheckpointOutputs, OutputLayout, stem_of, weights_problem
+from ..outputs import CheckpointOutputs, OutputLayout, ckptctl_mark, stem_of, weights_problem
 from ..schema import Sidecar
 from ..sharding import Shard, shard_key
 from ..sidecars import parse_sidecar, sidecar_yaml, source_is_stale
@@ -443,7 +443,7 @@ def _freshness(sidecar_path: Path, found: FoundCheckpoint, metadata_only: bool,
         return stale
     if sidecar.weights is not None and not metadata_only \
             and _is_safetensors_layout(sidecar.weights.layout) != (weights_format == "safetensors") \
-            and format_for(fmt).writes_weights and _torch_family(fmt):
+            and format_for(fmt).writes_weights and format_for(fmt).pytorch_family:
         return stale  # the other weights format was asked for
     if source_is_stale(sidecar, source) is None:
         return _Judged("fresh", sidecar)
@@ -462,28 +462,20 @@ _NEWEST_METADATA: dict[Path, float] = {}
 
 
 def _newest_metadata_file(exp_root: Path) -> float:
-    """The newest mtime of a possible metadata file below ``exp_root`` (5 levels, 20000
-    entries; symlinks not followed), once per run."""
+    """The newest mtime of a possible metadata file below ``exp_root`` (5 levels; symlinks
+    not followed), once per run, from the experiment walk the metadata sources share."""
+    from ..metadata import experiment_files
+
     key = exp_root.absolute()
     if key not in _NEWEST_METADATA:
-        newest, seen = 0.0, 0
-        stack = [(key, 0)]
-        while stack and seen < 20000:
-            folder, depth = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for entry in entries:
-                seen += 1
-                name = entry.name
+        newest = 0.0
+        for path, depth in experiment_files(key):
+            name = path.name
+            if depth <= 5 and (name.endswith(_METADATA_SUFFIXES)
+                               or name.startswith("events.out.tfevents")) \
+                    and not is_output_or_temp(name):
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if depth < 5:
-                            stack.append((Path(entry.path), depth + 1))
-                    elif ((name.endswith(_METADATA_SUFFIXES) or name.startswith("events.out.tfevents"))
-                          and not is_output_or_temp(name)):
-                        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                    newest = max(newest, os.lstat(path).st_mtime)
                 except OSError:
                     continue
         _NEWEST_METADATA[key] = newest
@@ -681,17 +673,7 @@ def _remove_unnamed_other_format(outputs: CheckpointOutputs, sidecar: Sidecar) -
     for candidate in (outputs.weights, outputs.weights_with(".safetensors")):
         if candidate == named or candidate.is_symlink() or not candidate.is_file():
             continue
-        if candidate.name.endswith(".safetensors"):
-            ours = is_ours_safetensors(candidate)
-        else:
-            from ..readers.h5safe import H5_ERRORS, open_h5
-
-            try:
-                with open_h5(candidate) as f:
-                    ours = is_ours_h5(f.attrs)
-            except H5_ERRORS:
-                ours = False
-        if ours:
+        if ckptctl_mark(candidate):
             candidate.unlink(missing_ok=True)
 
 
@@ -714,15 +696,7 @@ def _previous_weights(outputs: CheckpointOutputs, new_weights: Path) -> Path | N
     if previous == new_weights or previous not in ours_by_name \
             or not previous.is_file() or previous.is_symlink():
         return None
-    if previous.name.endswith(".safetensors"):
-        return previous if is_ours_safetensors(previous) else None
-    from ..readers.h5safe import H5_ERRORS, open_h5
-
-    try:
-        with open_h5(previous) as f:
-            return previous if is_ours_h5(f.attrs) else None
-    except H5_ERRORS:
-        return None
+    return previous if ckptctl_mark(previous) else None
 
 
 def _refuse_foreign_file(weights_path: Path, sidecar_path: Path | None = None) -> None:
@@ -731,64 +705,18 @@ def _refuse_foreign_file(weights_path: Path, sidecar_path: Path | None = None) -
     ``sidecar_path`` names it as the weights it wrote."""
     if not weights_path.exists():
         return
-    if weights_path.name.endswith(".safetensors"):
-        # As for HDF5: the sidecar's word counts only for a file no longer readable (ours,
-        # damaged); a readable safetensors file without ckptctl's mark is someone's model.
-        ours = is_ours_safetensors(weights_path) or (
-            not _readable_safetensors(weights_path)
-            and sidecar_path is not None and _sidecar_wrote(sidecar_path, weights_path))
-        if not ours:
-            raise OutputConflictError(f"{weights_path.name} exists and was not written by "
-                                      "ckptctl; not overwritten (move it or convert elsewhere)")
-        return
-    from ..readers.h5safe import H5_ERRORS, open_h5
-
-    try:
-        with open_h5(weights_path) as f:  # root attributes only: nothing is resolved
-            ours = is_ours_h5(f.attrs)
-    except H5_ERRORS:
-        ours = sidecar_path is not None and _sidecar_wrote(sidecar_path, weights_path)
+    mark = ckptctl_mark(weights_path)
+    # The sidecar's word counts only for a file that no longer reads as its format (ours,
+    # damaged); a readable file without ckptctl's mark is someone's (a Keras 3 model).
+    ours = mark or (mark is None and sidecar_path is not None
+                    and _sidecar_wrote(sidecar_path, weights_path))
     if not ours:
         raise OutputConflictError(f"{weights_path.name} exists and was not written by ckptctl; "
                                   "not overwritten (move it or convert elsewhere)")
 
 
-def is_ours_safetensors(path: Path) -> bool:
-    """Whether a safetensors file's header says ckptctl wrote it (``clean`` asks too)."""
-    from ..layouts.safetensors_out import is_ckptctl_safetensors
-    from ..readers.safetensors_file import read_header
-
-    try:
-        return is_ckptctl_safetensors(read_header(path).metadata)
-    except CkptError:
-        return False
-
-
-def _readable_safetensors(path: Path) -> bool:
-    from ..readers.safetensors_file import read_header
-
-    try:
-        read_header(path)
-    except CkptError:
-        return False
-    return True
-
-
 def _is_safetensors_layout(layout: str) -> bool:
     return layout in ("ckptctl-safetensors", "safetensors")
-
-
-def _torch_family(fmt: str) -> bool:
-    """Sources ``--weights-format safetensors`` applies to (Keras ones keep Keras 3 files)."""
-    return fmt in ("torch-zip", "torch-legacy", "safetensors", "safetensors-sharded",
-                   "torch-sharded", "hf-trainer")
-
-
-def is_ours_h5(attrs: object) -> bool:
-    """Whether an HDF5 file's root attributes say ckptctl wrote it (``clean`` asks too)."""
-    from ..readers.keras_files import is_ckptctl_h5
-
-    return is_ckptctl_h5(attrs)
 
 
 def _sidecar_wrote(sidecar_path: Path, weights_path: Path) -> bool:

@@ -49,6 +49,7 @@ def magic_of(probe: base.Probe) -> str | None:
 
 class _TorchFormat(base.SourceFormat):
     promised_suffixes: ClassVar[tuple[str, ...]] = TORCH_SUFFIXES
+    pytorch_family: ClassVar[bool] = True
 
     def check_structure(self, path: Path) -> None:
         open_torch(path)
