@@ -137,12 +137,12 @@ def write_tensors(
 ) -> WriteSummary:
     """Write ``tensors`` to ``dest`` (a new file). Ties are stored once as hard links."""
     summary = WriteSummary(0, 0, 0, 0)
-    with h5py.File(dest, "w", libver="latest") as f:
+    with _new_file(dest) as f:
         f.attrs["layout"] = LAYOUT
         f.attrs["layout_version"] = LAYOUT_VERSION
         for key, value in root_attrs.items():
             f.attrs[key] = value
-        group = f.create_group("tensors", track_order=True)
+        group = _ordered_group(f, "tensors")
         first_link: dict[Hashable, str] = {}
         for tensor in tensors:
             link = escape_name(tensor.name)
@@ -197,6 +197,25 @@ def _write_in_slices(dataset: h5py.Dataset, tensor: TensorToWrite, expected: np.
         crc = zlib.crc32(values.view(np.uint8).reshape(-1).data, crc)
         del values  # its map: the slice's pages leave this process's RSS
     return crc
+
+
+def _new_file(dest: Path) -> h5py.File:
+    """A new HDF5 file (latest format) whose objects record no times: converting the same
+    source twice writes the same bytes, whatever the clock says."""
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    return h5py.File(h5py.h5f.create(str(dest).encode(), h5py.h5f.ACC_TRUNC, fcpl=fcpl,
+                                     fapl=fapl))
+
+
+def _ordered_group(f: h5py.File, name: str) -> h5py.Group:
+    """``f.create_group(name, track_order=True)``, without modification times."""
+    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    gcpl.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
+    gcpl.set_obj_track_times(False)
+    return h5py.Group(h5py.h5g.create(f.id, name.encode(), gcpl=gcpl))
 
 
 def read_tensors(path: Path, logical: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
