@@ -654,3 +654,33 @@ def test_wandb_history_memory_bomb_is_bounded(tmp_path: Path) -> None:
     rows, grown = map(int, done.stdout.split())
     assert grown <= 16 * log.stat().st_size, (
         f"{rows} rows from {log.stat().st_size >> 20} MiB of log grew memory by {grown >> 20} MiB")
+
+
+@pytest.mark.parametrize("attack", ["fifo", "huge", "deep", "symlink_out"])
+def test_hostile_config_json_next_to_weights_is_one_note_not_a_failure(tmp_path: Path,
+                                                                       attack: str) -> None:
+    """Stops: the config.json read next to Hugging Face weights blocking (a FIFO), reading
+    gigabytes, recursing (nested 100,000 deep) or reading a file outside the tree through a
+    symlink. The weights still convert; the file is noted as not read."""
+    exp = tmp_path / "outputs" / "exp"
+    exp.mkdir(parents=True)
+    save_file({"w": torch.arange(4.0)}, exp / "model.safetensors")
+    config = exp / "config.json"
+    if attack == "fifo":
+        os.mkfifo(config)
+    elif attack == "huge":
+        with config.open("wb") as handle:  # sparse: 6 GiB declared
+            handle.truncate(6 << 30)
+    elif attack == "deep":
+        config.write_text('{"architectures": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    else:
+        outside = tmp_path / "secret.json"
+        outside.write_text(json.dumps({"architectures": ["Leaked"], "model_type": "leak"}))
+        config.symlink_to(outside)
+    started = time.monotonic()
+    result = _convert(tmp_path / "outputs")
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 0, result.output
+    sidecar = sidecar_of(exp / "model.safetensors")
+    assert sidecar["model"].get("architecture") != "Leaked"
+    assert "config" not in sidecar["model"]

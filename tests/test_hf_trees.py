@@ -72,6 +72,9 @@ def test_trainer_checkpoints_carry_their_own_step_metrics(converted: Built) -> N
         assert checkpointing["best_when_saved"] == (
             Path(info["best_model_checkpoint"]).name == Path(folder).name)
         assert sidecar["contents"]["resumable"] is True
+        # save_total_limit keeps the newest N, not the best N: never labelled save_top_k
+        assert "save_top_k" not in checkpointing
+        assert sidecar["model"]["hyper_parameters"]["save_total_limit"] == 2
         assert sidecar["model"]["architecture"] == "BertForSequenceClassification"
         files = sorted(f"{Path(folder).name}/{n}" for n in info["files"])
         assert sidecar["source"]["files"] == files

@@ -74,7 +74,7 @@ def offer_hf_config(folder: Path, g: Gathered) -> None:
     """``config.json`` of ``transformers`` (``architectures``, ``model_type``, versions)."""
     path = folder / "config.json"
     try:
-        if not path.is_file():
+        if not _plain_file(path):  # a symlink could name a file outside the tree
             return
         config = read_json_file(path, max_bytes=4 << 20, what="config.json")
     except (CkptError, OSError) as exc:
@@ -341,7 +341,7 @@ def is_trainer_folder(folder: Path) -> bool:
     ``load_best_model_at_end``) while its ``trainer_state.json`` is the last step's, so its
     ``model.safetensors`` is an ordinary safetensors checkpoint, without the state's metrics."""
     try:
-        if not (folder / TRAINER_STATE).is_file() or trainer_weights(folder) is None:
+        if not _plain_file(folder / TRAINER_STATE) or trainer_weights(folder) is None:
             return False
         return bool(_CHECKPOINT_FOLDER.match(folder.name)) or any(
             (folder / name).is_file() for name in _RESUME_FILES)
@@ -521,9 +521,8 @@ def offer_training_args(path: Path, g: Gathered) -> None:
             g.offer("checkpointing.mode", "max" if greater else "min", source)
         score = g.metrics().get(name)
         g.offer("checkpointing.score", score, source)
-    limit = fields.get("save_total_limit")
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        g.offer("checkpointing.save_top_k", limit, source)
+    # save_total_limit keeps the newest N checkpoints (and the best), not the best N: it is
+    # no save_top_k; it stays in hyper_parameters as what it is.
 
 
 class OpenedTrainer(base.OpenedSource):
